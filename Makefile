@@ -1,0 +1,47 @@
+# Two entry points for a fresh machine: `make run` and `make test`.
+# Both create .venv when it is missing and install the project into it first.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= 2
+SNAKEMAKE := $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --printshellcmds
+
+.PHONY: venv run test test-all test-slurm bench report lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(SNAKEMAKE)
+
+report: $(STAMP)
+	$(SNAKEMAKE) --report results/report.html
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m 'slow or not slow'
+
+test-slurm: $(STAMP)
+	bash tests/slurm/run_slurm_test.sh
+
+bench: $(STAMP)
+	$(BIN)/python -m pole_core.bench --out results/bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check pole_core tests workflow/scripts
+	$(BIN)/ruff format --check pole_core tests workflow/scripts
+
+format: $(STAMP)
+	$(BIN)/ruff format pole_core tests workflow/scripts
+	$(BIN)/ruff check --fix pole_core tests workflow/scripts
+
+clean:
+	rm -rf results logs benchmarks .snakemake
