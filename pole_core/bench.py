@@ -1,0 +1,315 @@
+"""``make bench``: timed comparisons of our batched stages against the reference loops.
+
+Each sub-benchmark is a function ``fn(out_json, *, n_images, device, ...) -> dict`` that
+writes its own JSON (atomically) and returns the same dict; :func:`run_benchmarks` runs
+them and writes ``<out>/bench.json`` with all results keyed by name.
+
+* ``cam_extract`` (here): :func:`pole_core.cam.extract.extract_cams_reference` (IRNet's
+  per-image loop) vs :func:`pole_core.cam.extract.extract_cams`, same net, same images,
+  one process; speed-up and the largest CAM difference.
+* ``crf``: picked up when ``pole_core.refine.bench`` defines ``bench_crf`` with the same
+  calling convention (owned by the refine stage).
+
+    python -m pole_core.bench --out results/bench [--n-images 64] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cam.extract import (
+    DEFAULT_SCALES,
+    extract_cams,
+    extract_cams_reference,
+    iter_cams,
+    iter_cams_reference,
+)
+from .device import resolve_device
+from .io.atomic import write_json
+from .io.cam_store import open_cams
+
+
+class SyntheticDataset:
+    """In-memory images and labels with the dataset interface; reproducible from ``seed``.
+
+    Smooth random blobs on noise (not pure noise, so CAMs are not all flat), 1–3 labels
+    per image. Masks are random too; this is for timing, not for scores.
+    """
+
+    def __init__(self, n_images: int, image_size: int = 64, n_classes: int = 10, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.class_names = [f"class{i}" for i in range(n_classes)]
+        self._ids = [f"img{i:05d}" for i in range(n_images)]
+        h = w = image_size
+        yy, xx = np.mgrid[0:h, 0:w]
+        self._images: dict[str, np.ndarray] = {}
+        self._labels: dict[str, np.ndarray] = {}
+        self._masks: dict[str, np.ndarray] = {}
+        for image_id in self._ids:
+            img = rng.normal(110, 30, (h, w, 3))
+            mask = np.zeros((h, w), np.uint8)
+            labels = np.zeros(n_classes, np.float32)
+            for k in rng.choice(n_classes, size=rng.integers(1, 4), replace=False):
+                cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(h / 8, h / 3)
+                blob = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+                img[blob] = rng.uniform(0, 255, 3)
+                mask[blob] = k + 1
+                labels[k] = 1.0
+            self._images[image_id] = np.clip(img, 0, 255).astype(np.uint8)
+            self._labels[image_id] = labels
+            self._masks[image_id] = mask
+
+    def ids(self, split: str = "train") -> list[str]:
+        return list(self._ids)
+
+    def image(self, image_id: str) -> np.ndarray:
+        return self._images[image_id]
+
+    def labels(self, image_id: str) -> np.ndarray:
+        return self._labels[image_id]
+
+    def mask(self, image_id: str) -> np.ndarray:
+        return self._masks[image_id]
+
+    def image_size(self, image_id: str) -> tuple[int, int]:
+        return self._images[image_id].shape[:2]
+
+
+class TinyCamNet(nn.Module):
+    """Fallback stride-4 CAM net, used only when ``pole_core.cam.network`` cannot be imported."""
+
+    stride = 4
+
+    def __init__(self, n_classes: int, width: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, width, 3, 2, 1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, width * 2, 3, 2, 1),
+            nn.BatchNorm2d(width * 2),
+            nn.ReLU(),
+            nn.Conv2d(width * 2, width * 2, 3, 1, 1),
+            nn.ReLU(),
+        )
+        self.head = nn.Conv2d(width * 2, n_classes, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def cam(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self(x))
+
+
+def build_demo_net(n_classes: int, seed: int = 0) -> tuple[nn.Module, str]:
+    """The demo "mini" CAM net at a fixed random init, and a note on where it came from."""
+    torch.manual_seed(seed)
+    try:
+        from .cam.network import build_cam_net
+    except ImportError as err:
+        return TinyCamNet(n_classes).eval(), f"fallback TinyCamNet (pole_core.cam.network: {err})"
+    return build_cam_net(backbone="mini", n_classes=n_classes).eval(), "pole_core.cam.network mini"
+
+
+def _load_dataset(data_root: str | None, split: str, n_images: int, image_size: int, seed: int):
+    if data_root is None:
+        ds = SyntheticDataset(n_images, image_size=image_size, seed=seed)
+        return ds, ds.ids(), f"synthetic {image_size}x{image_size}"
+    from .data.voc import VOCDataset
+
+    ds = VOCDataset(data_root)
+    return ds, ds.ids(split)[:n_images], f"{data_root} ({split})"
+
+
+def _max_stored_diff(a: str | os.PathLike, b: str | os.PathLike) -> float:
+    """Largest |a-b| over the float16 ``cam`` and ``cam_s4`` arrays of two CAM stores."""
+    worst = 0.0
+    with open_cams(a) as fa, open_cams(b) as fb:
+        if sorted(fa.keys()) != sorted(fb.keys()):
+            raise AssertionError("CAM stores hold different image ids")
+        for image_id in fa:
+            if not np.array_equal(fa[image_id]["keys"][()], fb[image_id]["keys"][()]):
+                raise AssertionError(f"{image_id}: keys differ")
+            for name in ("cam", "cam_s4"):
+                x = fa[image_id][name][()].astype(np.float32)
+                y = fb[image_id][name][()].astype(np.float32)
+                if x.size:
+                    worst = max(worst, float(np.abs(x - y).max()))
+    return worst
+
+
+def bench_cam_extract(
+    out_json: str | os.PathLike,
+    *,
+    n_images: int = 64,
+    device: str = "auto",
+    image_size: int = 64,
+    n_classes: int = 10,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    flip: bool = True,
+    batch_size: int = 32,
+    workers: int = 0,
+    data_root: str | None = None,
+    split: str = "train",
+    seed: int = 0,
+    repeats: int = 1,
+) -> dict:
+    """Time the IRNet per-image loop against batched extraction on the same net and images.
+
+    Both write a CAM store (so storage cost is in both timings), after a warm-up on a few
+    images. The fp32 difference is measured on the maps before float16 storage (untimed
+    pass); the stored float16 arrays are compared too. Timings are the best of ``repeats``.
+    """
+    dev = resolve_device(device)
+    dataset, ids, data_note = _load_dataset(data_root, split, n_images, image_size, seed)
+    if data_root is not None:
+        n_classes = len(dataset.class_names)
+    net, net_note = build_demo_net(n_classes, seed)
+    net = net.to(dev)
+    common = {"scales": scales, "flip": flip, "device": dev}
+    ours_kw = {"batch_size": batch_size, "workers": workers, **common}
+
+    with tempfile.TemporaryDirectory(prefix="bench_cams_") as tmp:
+        ref_h5, ours_h5 = Path(tmp, "ref.h5"), Path(tmp, "ours.h5")
+        warm = ids[: min(len(ids), 4)]
+        extract_cams_reference(net, dataset, warm, ref_h5, **common)
+        extract_cams(net, dataset, warm, ours_h5, progress=False, **ours_kw)
+
+        t_ref, t_ours = [], []
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            extract_cams_reference(net, dataset, ids, ref_h5, **common)
+            t_ref.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            extract_cams(net, dataset, ids, ours_h5, progress=False, **ours_kw)
+            t_ours.append(time.perf_counter() - t0)
+        diff_fp16 = _max_stored_diff(ref_h5, ours_h5)
+
+    amp_note = "AMP (float16 autocast)" if dev.type == "cuda" else "fp32 (no autocast on CPU)"
+    diff_fp32 = 0.0
+    ours = {item[0]: item for item in iter_cams(net, dataset, ids, batch_size=batch_size, amp=False, **common)}
+    for image_id, keys, cam, cam_s4 in iter_cams_reference(net, dataset, ids, **common):
+        _, keys_b, cam_b, cam_s4_b = ours.pop(image_id)
+        if not np.array_equal(keys, keys_b):
+            raise AssertionError(f"{image_id}: keys differ between reference and batched extraction")
+        if cam.size:
+            diff_fp32 = max(diff_fp32, float(np.abs(cam - cam_b).max()), float(np.abs(cam_s4 - cam_s4_b).max()))
+    if ours:
+        raise AssertionError(f"batched extraction produced extra ids: {sorted(ours)[:5]}")
+
+    t_reference, t_ours_best = min(t_ref), min(t_ours)
+    result: dict[str, Any] = {
+        "benchmark": "cam_extract",
+        "n_images": len(ids),
+        "data": data_note,
+        "net": net_note,
+        "net_stride": int(net.stride),
+        "n_classes": n_classes,
+        "scales": [float(s) for s in scales],
+        "flip": flip,
+        "batch_size": batch_size,
+        "workers": workers,
+        "t_reference_s": round(t_reference, 4),
+        "t_ours_s": round(t_ours_best, 4),
+        "t_reference_runs_s": [round(t, 4) for t in t_ref],
+        "t_ours_runs_s": [round(t, 4) for t in t_ours],
+        "speedup": round(t_reference / t_ours_best, 3),
+        "images_per_s_reference": round(len(ids) / t_reference, 2),
+        "images_per_s_ours": round(len(ids) / t_ours_best, 2),
+        "max_abs_diff": diff_fp32,
+        "max_abs_diff_note": "fp32 maps before float16 storage, ours without AMP",
+        "max_abs_diff_stored_fp16": diff_fp16,
+        "ours_precision": amp_note,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "timing": "both write an HDF5 store; each after a warm-up on 4 images; best of repeats",
+    }
+    write_json(out_json, result)
+    return result
+
+
+BenchFn = Callable[..., dict]
+
+
+def available_benchmarks() -> dict[str, BenchFn]:
+    """Sub-benchmarks by name: ours plus those other stages provide (``pole_core.refine.bench``)."""
+    benches: dict[str, BenchFn] = {"cam_extract": bench_cam_extract}
+    try:
+        refine_bench = importlib.import_module("pole_core.refine.bench")
+    except ImportError:
+        refine_bench = None
+    if refine_bench is not None and hasattr(refine_bench, "bench_crf"):
+        benches["crf"] = refine_bench.bench_crf
+    return benches
+
+
+def run_benchmarks(
+    out_dir: str | os.PathLike,
+    *,
+    n_images: int = 64,
+    device: str = "auto",
+    only: Sequence[str] | None = None,
+    extra: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, dict]:
+    """Run the sub-benchmarks into ``out_dir/<name>.json`` and ``out_dir/bench.json``."""
+    out_dir = Path(out_dir)
+    benches = available_benchmarks()
+    names = list(only) if only else list(benches)
+    unknown = [n for n in names if n not in benches]
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; available: {sorted(benches)}")
+    results: dict[str, dict] = {}
+    for name in names:
+        kwargs = (extra or {}).get(name, {})
+        results[name] = benches[name](out_dir / f"{name}.json", n_images=n_images, device=device, **kwargs)
+    write_json(out_dir / "bench.json", results)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pole_core.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="output folder (bench.json + one JSON per benchmark)")
+    parser.add_argument("--n-images", type=int, default=64)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    parser.add_argument("--only", nargs="*", help="names of sub-benchmarks to run (default: all)")
+    parser.add_argument("--batch-size", type=int, default=32, help="cam_extract: images per batch")
+    parser.add_argument("--image-size", type=int, default=64, help="cam_extract: synthetic image side")
+    parser.add_argument("--workers", type=int, default=0, help="cam_extract: DataLoader workers")
+    parser.add_argument("--repeats", type=int, default=1, help="cam_extract: timed runs, best kept")
+    parser.add_argument("--data", default=None, help="cam_extract: a VOC-layout root instead of synthetic images")
+    parser.add_argument("--split", default="train")
+    args = parser.parse_args(argv)
+    extra = {
+        "cam_extract": {
+            "batch_size": args.batch_size,
+            "image_size": args.image_size,
+            "workers": args.workers,
+            "repeats": args.repeats,
+            "data_root": args.data,
+            "split": args.split,
+        }
+    }
+    results = run_benchmarks(args.out, n_images=args.n_images, device=args.device, only=args.only, extra=extra)
+    for name, res in results.items():
+        shown = {k: res[k] for k in ("n_images", "t_reference_s", "t_ours_s", "speedup", "max_abs_diff") if k in res}
+        print(f"{name}: {shown}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,561 @@
+"""Inter-pixel affinity from a class-boundary map (the boundary branch of IRNet).
+
+IRNet trains two heads on a frozen backbone: a class-boundary map and a
+displacement field. The displacement field only serves *instance* masks
+(it points pixels to instance centroids); semantic pseudo-masks, the output of
+this pipeline, use only the boundary map, so only that branch is built here.
+
+Affinity between two pixels i, j on the stride-4 grid within ``radius`` is
+``1 − max boundary on the straight path i→j``: two pixels are alike unless a
+boundary separates them. The net is trained from the confident CRF labels
+(:func:`pole_core.refine.crf.cam_to_label`) downsampled to stride 4: pairs of
+the same label are positives (background pairs and foreground pairs weighted
+half each), pairs of different labels negatives, pairs touching 255 ignored.
+
+Our pair layout differs from IRNet's flat index lists but is the same set of
+pairs: for each offset (dy, dx) of the half-neighbourhood (dy > 0, or dy = 0
+and dx > 0, with dy² + dx² < radius²) every grid pixel is a source and the
+pixel at +offset its destination. Paths are gathered from an ``unfold`` of the
+boundary map padded with 1 (a pair leaving the image has affinity 0).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..device import autocast, resolve_device
+from ..io.atomic import atomic_path
+from ..io.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+
+__all__ = [
+    "PathIndex",
+    "path_index",
+    "affinity_from_boundary",
+    "affinity_labels",
+    "affinity_loss",
+    "FeatureExtractor",
+    "BoundaryHead",
+    "AffinityNet",
+    "AffinityCrops",
+    "train_affinity",
+    "predict_boundary",
+    "load_affinity_net",
+    "stride4_size",
+    "downsample_labels",
+]
+
+IGNORE = 255
+
+
+def stride4_size(h: int, w: int) -> tuple[int, int]:
+    """The stride-4 grid of an H×W image: (ceil(H/4), ceil(W/4)), the size of ``cam_s4``."""
+    return (h + 3) // 4, (w + 3) // 4
+
+
+# --------------------------------------------------------------------------- path index
+
+
+@dataclass(frozen=True)
+class PathIndex:
+    """Neighbour offsets within ``radius`` and the grid cells on each straight path.
+
+    ``offsets``: int64 [P, 2] (dy, dx) of the half-neighbourhood, one entry per
+    unordered pair. ``window``: (r, 2r − 1), the unfold kernel covering every
+    offset, dy ∈ [0, r), dx ∈ (−r, r). ``groups``: paths grouped by their number of
+    cells, each a (rows into ``offsets``, int64 [n, L] flat window positions with
+    the destination first). Grouping by length lets one gather + max serve many
+    paths, as IRNet does.
+    """
+
+    radius: int
+    offsets: np.ndarray
+    window: tuple[int, int]
+    groups: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+    @property
+    def n_offsets(self) -> int:
+        return int(self.offsets.shape[0])
+
+    def window_pos(self, dy: int, dx: int) -> int:
+        """Flat index of offset (dy, dx) in the unfold window."""
+        return dy * self.window[1] + dx + (self.radius - 1)
+
+
+def _path_cells(dy: int, dx: int) -> list[tuple[int, int]]:
+    """Grid cells within distance < 1 of the segment (0,0)→(dy,dx), destination first (IRNet rule)."""
+    len_sq = dy * dy + dx * dx
+    cells = []
+    for y in range(min(0, dy), max(0, dy) + 1):
+        for x in range(min(0, dx), max(0, dx) + 1):
+            if (dy * x - dx * y) ** 2 / len_sq < 1:
+                cells.append((y, x))
+    cells.sort(key=lambda c: -abs(c[0]) - abs(c[1]))
+    return cells
+
+
+_PATH_CACHE: dict[int, PathIndex] = {}
+
+
+def path_index(radius: int) -> PathIndex:
+    """Build (and cache) the :class:`PathIndex` for an integer ``radius`` ≥ 2."""
+    radius = int(radius)
+    if radius < 2:
+        raise ValueError(f"radius must be >= 2, got {radius}")
+    if radius in _PATH_CACHE:
+        return _PATH_CACHE[radius]
+    offsets = [(0, x) for x in range(1, radius)]
+    offsets += [
+        (y, x)
+        for y in range(1, radius)
+        for x in range(-radius + 1, radius)
+        if x * x + y * y < radius * radius
+    ]
+    window = (radius, 2 * radius - 1)
+    by_len: dict[int, tuple[list[int], list[list[int]]]] = {}
+    for row, (dy, dx) in enumerate(offsets):
+        cells = _path_cells(dy, dx)
+        assert cells[0] == (dy, dx)
+        flat = [cy * window[1] + cx + radius - 1 for cy, cx in cells]
+        rows, paths = by_len.setdefault(len(cells), ([], []))
+        rows.append(row)
+        paths.append(flat)
+    groups = tuple(
+        (np.asarray(rows, dtype=np.int64), np.asarray(paths, dtype=np.int64))
+        for _, (rows, paths) in sorted(by_len.items())
+    )
+    pi = PathIndex(radius, np.asarray(offsets, dtype=np.int64), window, groups)
+    _PATH_CACHE[radius] = pi
+    return pi
+
+
+def _unfold_window(x: Tensor, pi: PathIndex, value: float) -> Tensor:
+    """[B,1,h,w] → [B, r·(2r−1), h·w]: every window offset's value for every source pixel."""
+    r = pi.radius
+    padded = F.pad(x, (r - 1, r - 1, 0, r - 1), mode="constant", value=value)
+    return F.unfold(padded, kernel_size=pi.window)
+
+
+def affinity_from_boundary(boundary: Tensor, radius: int | PathIndex) -> Tensor:
+    """Affinity [B, P, h, w] from a boundary map [B,1,h,w] or [h,w] (values in [0,1]).
+
+    ``aff[b, p, y, x] = 1 − max boundary on the path (y,x) → (y,x)+offsets[p]``;
+    0 where the destination lies outside the grid. Differentiable (the max
+    routes the gradient to the strongest boundary cell, as in IRNet).
+    """
+    pi = radius if isinstance(radius, PathIndex) else path_index(radius)
+    if boundary.dim() == 2:
+        boundary = boundary[None, None]
+    if boundary.dim() != 4 or boundary.shape[1] != 1:
+        raise ValueError(f"boundary must be [B,1,h,w] or [h,w], got {tuple(boundary.shape)}")
+    b, _, h, w = boundary.shape
+    unf = _unfold_window(boundary, pi, 1.0)  # [B, K, hw]
+    out = boundary.new_empty((b, pi.n_offsets, h * w))
+    for rows, paths in pi.groups:
+        idx = torch.as_tensor(paths, device=boundary.device)
+        vals = unf[:, idx.reshape(-1)].view(b, *idx.shape, h * w)
+        out[:, torch.as_tensor(rows, device=boundary.device)] = vals.amax(dim=2)
+    return (1.0 - out).view(b, pi.n_offsets, h, w)
+
+
+def affinity_labels(labels: Tensor, radius: int | PathIndex) -> tuple[Tensor, Tensor, Tensor]:
+    """Pair targets from stride-4 labels [B,h,w] (0 bg, 1..C, 255 ignore).
+
+    Returns float masks (bg_pos, fg_pos, neg), each [B, P, h, w]: same-label
+    background pairs, same-label foreground pairs, different-label pairs; any
+    pair touching 255 or leaving the grid is in none of them.
+    """
+    pi = radius if isinstance(radius, PathIndex) else path_index(radius)
+    b, h, w = labels.shape
+    lab = labels.to(torch.float32)[:, None]
+    unf = _unfold_window(lab, pi, float(IGNORE))  # [B, K, hw]
+    dst_pos = torch.as_tensor(
+        [pi.window_pos(int(dy), int(dx)) for dy, dx in pi.offsets], device=labels.device
+    )
+    dst = unf[:, dst_pos].view(b, pi.n_offsets, h, w)
+    src = lab.expand_as(dst)
+    valid = (src != IGNORE) & (dst != IGNORE)
+    same = src == dst
+    pos = valid & same
+    bg_pos = (pos & (src == 0)).float()
+    fg_pos = (pos & (src > 0)).float()
+    neg = (valid & ~same).float()
+    return bg_pos, fg_pos, neg
+
+
+def affinity_loss(aff: Tensor, labels: Tensor, radius: int | PathIndex) -> dict[str, Tensor]:
+    """IRNet's boundary loss: {"bg_pos", "fg_pos", "neg", "total"}.
+
+    pos = −log(aff) averaged over positive pairs (background and foreground
+    halves weighted ½ each, so the usually larger background does not dominate),
+    neg = −log(1 + 1e-5 − aff) over negative pairs, total = (pos + neg) / 2
+    (IRNet's total without the displacement terms). Sums run over the whole batch.
+    """
+    bg_pos, fg_pos, neg = affinity_labels(labels, radius)
+    aff = aff.float()
+    eps = 1e-5
+    bg_loss = (-bg_pos * torch.log(aff + eps)).sum() / (bg_pos.sum() + eps)
+    fg_loss = (-fg_pos * torch.log(aff + eps)).sum() / (fg_pos.sum() + eps)
+    neg_loss = (-neg * torch.log(1.0 + eps - aff)).sum() / (neg.sum() + eps)
+    total = (bg_loss / 2 + fg_loss / 2 + neg_loss) / 2
+    return {"bg_pos": bg_loss, "fg_pos": fg_loss, "neg": neg_loss, "total": total}
+
+
+# --------------------------------------------------------------------------- network
+
+
+class FeatureExtractor(nn.Module):
+    """Wrap a backbone so that ``forward(x)`` returns a list of feature maps.
+
+    ``fn(module, x)`` picks the features; the default calls ``module.features(x)``
+    (the CAM net's contract) and wraps a single tensor in a list. Registered as a
+    module so ``.to(device)`` moves it; :class:`AffinityNet` freezes it.
+    """
+
+    def __init__(self, backbone: nn.Module, fn: Callable[[nn.Module, Tensor], Any] | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        out = self.fn(self.backbone, x) if self.fn is not None else self.backbone.features(x)
+        return [out] if isinstance(out, Tensor) else list(out)
+
+
+class BoundaryHead(nn.Module):
+    """IRNet's edge branch: per level 1×1 conv → 32 ch, GroupNorm, upsample to stride 4, ReLU;
+    concatenate; 1×1 conv → one boundary logit."""
+
+    def __init__(self, in_channels: Sequence[int], width: int = 32):
+        super().__init__()
+        groups = 4 if width % 4 == 0 else 1
+        self.levels = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.GroupNorm(groups, width))
+            for c in in_channels
+        )
+        self.out = nn.Conv2d(width * len(in_channels), 1, 1, bias=True)
+
+    def forward(self, feats: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
+        if len(feats) != len(self.levels):
+            raise ValueError(f"boundary head built for {len(self.levels)} levels, got {len(feats)}")
+        ups = []
+        for f, layer in zip(feats, self.levels, strict=True):
+            y = layer(f)
+            if tuple(y.shape[-2:]) != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            ups.append(F.relu(y))
+        return self.out(torch.cat(ups, dim=1))
+
+
+class AffinityNet(nn.Module):
+    """Frozen feature extractor + trainable boundary head → boundary map B×1×h×w in [0,1].
+
+    ``extractor(x)`` takes images B×3×H×W in [0,1] and returns a list of feature
+    maps at any strides (multi-level features give sharper boundaries, as
+    IRNet's five ResNet stages do; the CAM net exposes one, which also works).
+    Its output is detached and it stays in eval mode (frozen BatchNorm), so only
+    the head learns. The output grid is the stride-4 grid of the input,
+    (ceil(H/4), ceil(W/4)), the grid of ``cam_s4``. ``in_channels`` is probed
+    with a dummy image when not given. Only the head is saved
+    (:meth:`head_state_dict`); the extractor belongs to the CAM stage.
+    """
+
+    def __init__(
+        self,
+        extractor: nn.Module | Callable[[Tensor], Sequence[Tensor]],
+        in_channels: Sequence[int] | None = None,
+        width: int = 32,
+    ):
+        super().__init__()
+        if isinstance(extractor, nn.Module):
+            self.extractor = extractor
+            for p in extractor.parameters():
+                p.requires_grad_(False)
+        else:
+            self._extractor_fn = extractor
+        if in_channels is None:
+            in_channels = [f.shape[1] for f in self._features(torch.zeros(1, 3, 64, 64))]
+        self.in_channels = [int(c) for c in in_channels]
+        self.head = BoundaryHead(self.in_channels, width)
+
+    def _features(self, x: Tensor) -> list[Tensor]:
+        fn = self.extractor if hasattr(self, "extractor") else self._extractor_fn
+        if isinstance(fn, nn.Module):
+            fn.eval()
+        with torch.no_grad():
+            out = fn(x)
+        out = [out] if isinstance(out, Tensor) else list(out)
+        return [f.detach().float() for f in out]
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Boundary logits B×1×h×w on the stride-4 grid."""
+        feats = self._features(x)
+        return self.head(feats, stride4_size(x.shape[-2], x.shape[-1]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.logits(x))
+
+    def train(self, mode: bool = True) -> AffinityNet:
+        super().train(mode)
+        if hasattr(self, "extractor"):
+            self.extractor.eval()
+        return self
+
+    def head_state_dict(self) -> dict[str, Tensor]:
+        return self.head.state_dict()
+
+
+def load_affinity_net(
+    extractor: nn.Module | Callable[[Tensor], Sequence[Tensor]],
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+) -> AffinityNet:
+    """Rebuild an :class:`AffinityNet` around ``extractor`` from a file written by :func:`train_affinity`."""
+    state = load_checkpoint(path, map_location=map_location)
+    net = AffinityNet(extractor, in_channels=state["in_channels"], width=state["width"])
+    net.head.load_state_dict(state["head"])
+    return net
+
+
+# --------------------------------------------------------------------------- data
+
+
+class AffinityCrops(torch.utils.data.Dataset):
+    """IRNet's affinity training items: random rescale, flip, crop of (image, CRF label).
+
+    ``dataset.image(id)`` gives uint8 H×W×3; labels are read from
+    ``label_dir/<id>.png`` (0 bg, 1..C, 255 uncertain). Crops are padded with 0
+    (image) / 255 (label). Randomness comes from torch's global generator, which
+    :func:`train_affinity` seeds and checkpoints, so a resumed run is exact.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        ids: Sequence[str],
+        label_dir: str | os.PathLike,
+        *,
+        crop_size: int = 512,
+        scale_range: tuple[float, float] = (0.5, 1.5),
+        flip: bool = True,
+    ):
+        self.dataset = dataset
+        self.ids = list(ids)
+        self.label_dir = Path(label_dir)
+        self.crop_size = int(crop_size)
+        self.scale_range = scale_range
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        from ..io.png import read_mask
+
+        image_id = self.ids[i]
+        img = torch.from_numpy(np.ascontiguousarray(self.dataset.image(image_id)))
+        img = img.permute(2, 0, 1).float().div(255.0)
+        lab = torch.from_numpy(read_mask(self.label_dir / f"{image_id}.png").astype(np.int64))
+        if lab.shape != img.shape[1:]:
+            raise ValueError(f"{self.label_dir / image_id}.png: size {tuple(lab.shape)} != image")
+        lo, hi = self.scale_range
+        s = lo + (hi - lo) * float(torch.rand(()))
+        if abs(s - 1.0) > 1e-6:
+            size = (max(1, round(img.shape[1] * s)), max(1, round(img.shape[2] * s)))
+            img = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]
+            lab = F.interpolate(lab[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        if self.flip and bool(torch.rand(()) < 0.5):
+            img, lab = img.flip(-1), lab.flip(-1)
+        return _random_crop(img, lab, self.crop_size)
+
+
+def _random_crop(img: Tensor, lab: Tensor, size: int) -> dict[str, Tensor]:
+    """Crop (or pad) to size×size at a random place; padding is image 0, label 255."""
+    _, h, w = img.shape
+    out_img = img.new_zeros((3, size, size))
+    out_lab = lab.new_full((size, size), IGNORE)
+
+    def place(n: int) -> tuple[int, int]:  # (offset in container, offset in source)
+        span = abs(n - size)
+        off = int(torch.randint(0, span + 1, ())) if span else 0
+        return (0, off) if n > size else (off, 0)
+
+    (cy, sy), (cx, sx) = place(h), place(w)
+    ch, cw = min(size, h), min(size, w)
+    out_img[:, cy : cy + ch, cx : cx + cw] = img[:, sy : sy + ch, sx : sx + cw]
+    out_lab[cy : cy + ch, cx : cx + cw] = lab[sy : sy + ch, sx : sx + cw]
+    return {"image": out_img, "mask": out_lab}
+
+
+def _to_batch(item_list: list[dict[str, Any]]) -> tuple[Tensor, Tensor]:
+    """Collate {"image", "mask"} items: images as float [0,1] B×3×H×W, masks as int64 B×H×W.
+
+    Accepts float CHW tensors or uint8 HWC arrays for images.
+    """
+    imgs, masks = [], []
+    for it in item_list:
+        img = it["image"]
+        if isinstance(img, np.ndarray):
+            img = torch.from_numpy(np.ascontiguousarray(img))
+        if img.dtype == torch.uint8:
+            img = img.permute(2, 0, 1).float().div(255.0) if img.shape[-1] == 3 else img.float() / 255
+        imgs.append(img.float())
+        m = it["mask"]
+        masks.append(torch.as_tensor(np.asarray(m)).long() if not isinstance(m, Tensor) else m.long())
+    return torch.stack(imgs), torch.stack(masks)
+
+
+def downsample_labels(mask: Tensor) -> Tensor:
+    """B×H×W labels → B×ceil(H/4)×ceil(W/4) by nearest sampling (IRNet rescales labels by ¼, order 0)."""
+    h4, w4 = stride4_size(mask.shape[-2], mask.shape[-1])
+    return F.interpolate(mask[:, None].float(), size=(h4, w4), mode="nearest")[:, 0].long()
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_affinity(
+    net: AffinityNet,
+    items: torch.utils.data.Dataset,
+    out_path: str | os.PathLike,
+    *,
+    radius: int = 10,
+    epochs: int = 3,
+    batch_size: int = 32,
+    lr: float = 0.1,
+    weight_decay: float = 1e-4,
+    poly_power: float = 0.9,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train the boundary head on CRF labels; save ``{"head", "in_channels", "width", ...}`` to ``out_path``.
+
+    SGD (momentum 0, as IRNet's PolyOptimizer) with poly lr
+    ``lr · (1 − step/max_step)^0.9``; ``max_step = steps per epoch · epochs``.
+    After every epoch ``<out_path>.partial.pt`` holds head, optimizer, step and
+    RNG state; a new call resumes from it, and on CPU the result equals an
+    uninterrupted run. ``stop_after_steps`` stops after that many optimizer steps
+    in total without writing the final file (to test resuming). Returns
+    ``{"losses": [mean loss per finished epoch], "steps": int, "finished": bool}``.
+    """
+    out_path = Path(out_path)
+    partial = out_path.with_name(out_path.name + ".partial.pt")
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    pi = path_index(radius)
+    net.to(dev)
+    opt = torch.optim.SGD(net.head.parameters(), lr=lr, weight_decay=weight_decay)
+
+    n = len(items)
+    if n == 0:
+        raise ValueError("train_affinity: no training items")
+    drop_last = n >= batch_size
+    steps_per_epoch = n // batch_size if drop_last else 1
+    max_step = steps_per_epoch * epochs
+
+    start_epoch, step, losses = 0, 0, []
+    if partial.is_file():
+        state = load_checkpoint(partial, map_location=dev)
+        net.head.load_state_dict(state["head"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, step, losses = state["epoch"] + 1, state["step"], list(state["losses"])
+        set_rng_state(state["rng"])
+        log(f"train_affinity: resuming from {partial} after epoch {start_epoch}")
+    else:
+        seed_everything(seed)
+
+    loader = torch.utils.data.DataLoader(
+        items,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        collate_fn=_to_batch,
+    )
+    for epoch in range(start_epoch, epochs):
+        net.train()
+        total, count = 0.0, 0
+        it = loader
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(loader, desc=f"affinity {epoch + 1}/{epochs}", leave=False)
+        for images, masks in it:
+            if stop_after_steps is not None and step >= stop_after_steps:
+                log(f"train_affinity: stopped after {step} steps (stop_after_steps)")
+                return {"losses": losses, "steps": step, "finished": False}
+            images, masks = images.to(dev), masks.to(dev)
+            cur_lr = lr * (1 - step / max_step) ** poly_power
+            for g in opt.param_groups:
+                g["lr"] = cur_lr
+            with autocast(dev):
+                boundary = net(images)
+            aff = affinity_from_boundary(boundary.float(), pi)
+            loss = affinity_loss(aff, downsample_labels(masks), pi)["total"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            total += float(loss.detach())
+            count += 1
+        losses.append(total / max(count, 1))
+        log(f"train_affinity: epoch {epoch + 1}/{epochs} loss {losses[-1]:.4f} lr {cur_lr:.5f}")
+        save_checkpoint(
+            partial,
+            {
+                "epoch": epoch,
+                "step": step,
+                "losses": losses,
+                "head": net.head.state_dict(),
+                "optimizer": opt.state_dict(),
+                "rng": rng_state(),
+            },
+        )
+    final = {
+        "head": {k: v.detach().cpu() for k, v in net.head.state_dict().items()},
+        "in_channels": net.in_channels,
+        "width": net.head.levels[0][0].out_channels,
+        "radius": radius,
+        "epochs": epochs,
+        "losses": losses,
+    }
+    with atomic_path(out_path) as tmp:
+        torch.save(final, tmp)
+    partial.unlink(missing_ok=True)
+    return {"losses": losses, "steps": step, "finished": True}
+
+
+@torch.no_grad()
+def predict_boundary(net: AffinityNet, image: Tensor, *, flip: bool = True) -> Tensor:
+    """Boundary map [h, w] (stride-4 grid) for one image 3×H×W or 1×3×H×W in [0,1].
+
+    As IRNet's EdgeDisplacement: logits of the image and its mirror are averaged
+    (mirror flipped back) before the sigmoid.
+    """
+    net.eval()
+    x = image if image.dim() == 4 else image[None]
+    x = x.to(next(net.head.parameters()).device, dtype=torch.float32)
+    if flip:
+        logits = net.logits(torch.cat([x, x.flip(-1)]))
+        logits = (logits[0] + logits[1].flip(-1)) / 2
+    else:
+        logits = net.logits(x)[0]
+    return torch.sigmoid(logits[0].float())
+

@@ -1,0 +1,1 @@
+"""Run report: the summary table (mIoU per stage, timings, prompt histogram) and figures."""

@@ -1,0 +1,71 @@
+"""The config schema: paper defaults, one-line errors naming the key, docs in sync."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pole_core.config import ConfigError, schema_markdown, thresholds, validate_config, variant_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _voc(**extra):
+    cfg = {"data": {"root": "/data/VOC2012"}}
+    cfg.update(extra)
+    return cfg
+
+
+def test_paper_defaults_are_filled_in():
+    cfg = validate_config(_voc())
+    assert cfg["cam"]["loss_weights"] == {"otm": 10, "btm": 25, "cbs": 1, "reg": 0, "cls": 0}
+    assert variant_settings(cfg, "baseline")["loss_weights"]["btm"] == 24
+    assert variant_settings(cfg, "baseline")["loss_weights"]["reg"] == 0.2
+    assert variant_settings(cfg, "pole")["adapters"] is True
+    assert cfg["crf"]["fg_thresh"] == 0.30 and cfg["crf"]["bg_thresh"] == 0.05
+    assert cfg["crf"]["bi_sxy"] == 50 and cfg["crf"]["bi_srgb"] == 5 and cfg["crf"]["iters"] == 10
+    assert cfg["random_walk"] == {"beta": 10, "exp_times": 8, "radius": 5, "bg_thresh": 0.25, "shards": 4}
+    assert cfg["affinity"]["radius"] == 10 and cfg["affinity"]["lr"] == 0.1
+    assert cfg["cams"]["scales"] == [1.0, 0.5, 1.5, 2.0]
+    assert cfg["cam"]["adapter_ratio"] == 0.2 and cfg["cam"]["cbs_thresh"] == 0.26
+    assert cfg["cam"]["bg_words"][:3] == ["tree", "river", "sea"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        ({"seed": "abc"}, "seed = 'abc' is not of type integer"),
+        ({"sede": 1}, "unknown key sede"),
+        ({"cam": {"epochs": 0}}, "cam.epochs = 0 is out of range"),
+        ({"cam": {"loss_weights": {"otx": 1}}}, "unknown key cam.loss_weights.otx"),
+        ({"crf": {"fg_thresh": 1.5}}, "crf.fg_thresh = 1.5 is out of range"),
+        ({"device": "gpu"}, "device"),
+        ({"seg": {"variant": "nope"}}, "seg.variant = 'nope'"),
+    ],
+)
+def test_bad_config_names_the_key(bad, expected):
+    with pytest.raises(ConfigError) as err:
+        validate_config(_voc(**bad))
+    msg = str(err.value)
+    assert expected in msg
+    assert "\n" not in msg
+
+
+def test_voc_needs_a_root():
+    with pytest.raises(ConfigError, match="data.root"):
+        validate_config({})
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "config/voc.yaml", "config/smoke.yaml"])
+def test_shipped_configs_validate(name):
+    cfg = yaml.safe_load((REPO / name).read_text())
+    validate_config(cfg)
+
+
+def test_threshold_sweep():
+    cfg = validate_config(_voc(eval={"cam_bg_thresholds": {"start": 0.1, "stop": 0.3, "step": 0.05}}))
+    assert thresholds(cfg) == [0.1, 0.15, 0.2, 0.25, 0.3]
+
+
+def test_config_docs_are_generated_from_the_schema():
+    assert (REPO / "docs" / "CONFIG.md").read_text() == schema_markdown()

@@ -1,0 +1,83 @@
+# Stages A and C: CLIP-guided CAM network per variant, multi-scale CAM extraction, CAM score.
+
+
+rule train_cam:
+    input:
+        data=data_root(),
+        clip=clip_input(),
+        prompts=prompts_input,
+    output:
+        f"{R}/cam_net/{{variant}}/model.pt",
+    params:
+        cam=config["cam"],
+        variant=lambda wc: variant_settings(config, wc.variant),
+        clip=config["clip"],
+        split=config["data"]["train_split"],
+        max_images=config["data"]["max_images"],
+        seed=config["seed"],
+        device=config["device"],
+        code=code_version("cam", "clip", "data"),
+    threads: workflow.cores
+    resources:
+        gpu=lambda wc: res("train_cam", "gpu", 1) if config["device"] != "cpu" else 0,
+    log:
+        "logs/train_cam/{variant}.log",
+    benchmark:
+        "benchmarks/train_cam/{variant}.tsv"
+    script:
+        "../scripts/train_cam.py"
+
+
+rule extract_cams:
+    input:
+        data=data_root(),
+        model=f"{R}/cam_net/{{variant}}/model.pt",
+    output:
+        f"{R}/cams/{{variant}}/shard_{{scatteritem}}.h5",
+    params:
+        cams=config["cams"],
+        splits=[config["data"]["train_split"], config["data"]["eval_split"]],
+        max_images=config["data"]["max_images"],
+        device=config["device"],
+        code=code_version("cam", "data"),
+    threads: 1
+    resources:
+        gpu=lambda wc: res("extract_cams", "gpu", 1) if config["device"] != "cpu" else 0,
+    log:
+        "logs/extract_cams/{variant}_{scatteritem}.log",
+    benchmark:
+        "benchmarks/extract_cams/{variant}_{scatteritem}.tsv"
+    script:
+        "../scripts/extract_cams.py"
+
+
+rule gather_cams:
+    input:
+        gather.cams(f"{R}/cams/{{{{variant}}}}/shard_{{scatteritem}}.h5"),
+    output:
+        f"{R}/cams/{{variant}}.h5",
+    log:
+        "logs/gather_cams/{variant}.log",
+    script:
+        "../scripts/gather_cams.py"
+
+
+rule eval_cam:
+    input:
+        data=data_root(),
+        cams=f"{R}/cams/{{variant}}.h5",
+    output:
+        report(
+            f"{R}/eval/cam_{{variant}}.json",
+            caption="../report/eval_cam.rst",
+            category="Scores",
+        ),
+    params:
+        split=config["data"]["eval_split"],
+        max_images=config["data"]["max_images"],
+        thresholds=thresholds(config),
+        code=code_version("cam", "data"),
+    log:
+        "logs/eval_cam/{variant}.log",
+    script:
+        "../scripts/eval_cam.py"

@@ -1,0 +1,139 @@
+# Stage D: dense CRF labels, IRNet boundary network, random walk -> pseudo-masks, export.
+
+
+rule crf:
+    input:
+        data=data_root(),
+        cams=f"{R}/cams/{{variant}}.h5",
+        cam_eval=f"{R}/eval/cam_{{variant}}.json",
+    output:
+        directory(f"{R}/crf/{{variant}}/shard_{{scatteritem}}"),
+    params:
+        crf=config["crf"],
+        split=config["data"]["train_split"],
+        eval_split=config["data"]["eval_split"],
+        max_images=config["data"]["max_images"],
+        code=code_version("refine", "cam", "data"),
+    threads: 1
+    log:
+        "logs/crf/{variant}_{scatteritem}.log",
+    benchmark:
+        "benchmarks/crf/{variant}_{scatteritem}.tsv"
+    script:
+        "../scripts/crf.py"
+
+
+rule eval_crf:
+    input:
+        data=data_root(),
+        shards=gather.crf(f"{R}/crf/{{{{variant}}}}/shard_{{scatteritem}}"),
+    output:
+        f"{R}/eval/crf_{{variant}}.json",
+    params:
+        split=config["data"]["eval_split"],
+        max_images=config["data"]["max_images"],
+        code=code_version("refine", "data"),
+    log:
+        "logs/eval_crf/{variant}.log",
+    script:
+        "../scripts/eval_crf.py"
+
+
+rule train_affinity:
+    input:
+        data=data_root(),
+        cam_net=f"{R}/cam_net/{{variant}}/model.pt",
+        shards=gather.crf(f"{R}/crf/{{{{variant}}}}/shard_{{scatteritem}}"),
+    output:
+        f"{R}/affinity/{{variant}}/model.pt",
+    params:
+        affinity=config["affinity"],
+        split=config["data"]["train_split"],
+        max_images=config["data"]["max_images"],
+        seed=config["seed"],
+        device=config["device"],
+        code=code_version("refine", "cam", "data"),
+    threads: workflow.cores
+    resources:
+        gpu=lambda wc: res("train_affinity", "gpu", 1) if config["device"] != "cpu" else 0,
+    log:
+        "logs/train_affinity/{variant}.log",
+    benchmark:
+        "benchmarks/train_affinity/{variant}.tsv"
+    script:
+        "../scripts/train_affinity.py"
+
+
+rule random_walk:
+    input:
+        data=data_root(),
+        cams=f"{R}/cams/{{variant}}.h5",
+        cam_net=f"{R}/cam_net/{{variant}}/model.pt",
+        affinity=f"{R}/affinity/{{variant}}/model.pt",
+    output:
+        directory(f"{R}/rw/{{variant}}/shard_{{scatteritem}}"),
+    params:
+        rw=config["random_walk"],
+        splits=[config["data"]["train_split"], config["data"]["eval_split"]],
+        max_images=config["data"]["max_images"],
+        device=config["device"],
+        code=code_version("refine", "cam", "data"),
+    threads: 1
+    resources:
+        gpu=lambda wc: res("random_walk", "gpu", 1) if config["device"] != "cpu" else 0,
+    log:
+        "logs/random_walk/{variant}_{scatteritem}.log",
+    benchmark:
+        "benchmarks/random_walk/{variant}_{scatteritem}.tsv"
+    script:
+        "../scripts/random_walk.py"
+
+
+rule pseudo_masks:
+    input:
+        shards=gather.rw(f"{R}/rw/{{{{variant}}}}/shard_{{scatteritem}}"),
+    output:
+        directory(f"{R}/pseudo_masks/{{variant}}"),
+    log:
+        "logs/pseudo_masks/{variant}.log",
+    script:
+        "../scripts/pseudo_masks.py"
+
+
+rule eval_pseudo:
+    input:
+        data=data_root(),
+        masks=f"{R}/pseudo_masks/{{variant}}",
+    output:
+        report(
+            f"{R}/eval/pseudo_{{variant}}.json",
+            caption="../report/eval_pseudo.rst",
+            category="Scores",
+        ),
+    params:
+        split=config["data"]["eval_split"],
+        max_images=config["data"]["max_images"],
+        code=code_version("data"),
+    log:
+        "logs/eval_pseudo/{variant}.log",
+    script:
+        "../scripts/eval_pseudo.py"
+
+
+rule export:
+    input:
+        data=data_root(),
+        masks=f"{R}/pseudo_masks/{SEG_VARIANT}",
+    output:
+        voc=directory(f"{R}/export/voc"),
+        mmseg=directory(f"{R}/export/mmseg"),
+        manifest=f"{R}/export/manifest.json",
+    params:
+        train_split=config["data"]["train_split"],
+        val_split=config["data"]["val_split"],
+        max_images=config["data"]["max_images"],
+        code=code_version("refine", "data"),
+    log:
+        "logs/export/export.log",
+    script:
+        "../scripts/export.py"

@@ -1,0 +1,127 @@
+"""What every rule script shares: logging to the rule's log, threads, dataset and ids.
+
+Scripts stay thin: they translate the `snakemake` object into arguments of
+pole_core functions. This module is the only place that knows the config layout
+of the data group.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from pole_core.data.voc import VOCDataset
+from pole_core.device import resolve_device
+
+
+def setup(snakemake) -> logging.Logger:
+    """Log to the rule's log file and to stderr; set torch threads to the job's threads."""
+    name = snakemake.rule
+    logger = logging.getLogger(f"pole.{name}")
+    logger.setLevel(logging.INFO)
+    logger.handlers.clear()
+    fmt = logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S")
+    if snakemake.log:
+        Path(snakemake.log[0]).parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(snakemake.log[0], mode="w")
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setFormatter(fmt)
+    logger.addHandler(sh)
+    threads = snakemake.config.get("torch_threads") or snakemake.threads
+    torch.set_num_threads(max(1, int(threads)))
+    return logger
+
+
+def run(snakemake, main: Callable[[logging.Logger], None]) -> None:
+    """Run a script's main; on error log one line (and the traceback to the log file) and exit 1."""
+    log = setup(snakemake)
+    try:
+        main(log)
+    except Exception as err:  # report, then fail the job
+        for h in log.handlers:
+            if isinstance(h, logging.FileHandler):
+                h.stream.write(traceback.format_exc())
+        log.error("%s: %s", type(err).__name__, err)
+        sys.exit(1)
+
+
+def dataset(snakemake) -> VOCDataset:
+    """The VOC-layout dataset of the run (the world's output folder or data.root)."""
+    return VOCDataset(Path(snakemake.input.data))
+
+
+def ids(ds: VOCDataset, split: str, max_images: int) -> list[str]:
+    """A split's ids, cut to data.max_images when set."""
+    out = ds.ids(split)
+    return out[:max_images] if max_images else out
+
+
+def union_ids(ds: VOCDataset, splits: list[str], max_images: int) -> list[str]:
+    """Ids of several splits, each once, in first-seen order."""
+    seen: dict[str, None] = {}
+    for split in splits:
+        for i in ids(ds, split, max_images):
+            seen.setdefault(i, None)
+    return list(seen)
+
+
+def device(snakemake) -> torch.device:
+    return resolve_device(snakemake.params.device)
+
+
+def shard_index(scatteritem: str) -> tuple[int, int]:
+    """'2-of-4' -> (1, 4): zero-based shard and shard count."""
+    i, n = scatteritem.split("-of-")
+    return int(i) - 1, int(n)
+
+
+def clip_bundle(snakemake):
+    """The frozen CLIP of the run: the in-pipeline mini-CLIP or an open_clip model."""
+    from pole_core.clip.bundle import load_clip
+
+    c = snakemake.params.clip
+    dev = device(snakemake)
+    if c["source"] == "mini":
+        return load_clip("mini", checkpoint=snakemake.input.clip[0], device=dev)
+    return load_clip(
+        "open_clip",
+        model=c["model"],
+        pretrained=c["pretrained"],
+        checkpoint=c["checkpoint"],
+        input_size=c["input_size"],
+        device=dev,
+    )
+
+
+def bg_words(cam_cfg: dict, root: Path) -> list[str]:
+    """CBS background words: the configured list, or the world's own when the list is empty."""
+    if cam_cfg["bg_words"]:
+        return list(cam_cfg["bg_words"])
+    from pole_core.io.atomic import read_json
+
+    classes_json = Path(root) / "classes.json"
+    if not classes_json.is_file():
+        raise ValueError("config: cam.bg_words is empty and the dataset has no classes.json to take them from")
+    return list(read_json(classes_json)["bg_words"])
+
+
+def candidates(prompt_cfg: dict, root: Path) -> dict[str, list[str]]:
+    """POLE candidates per class name: the dataset prompt first, then the synonyms."""
+    from pole_core.data.voc import load_classes
+
+    bank = load_classes(Path(root))
+    unknown = sorted(set(prompt_cfg["synonyms"]) - set(bank.names))
+    if unknown:
+        raise ValueError(f"config: prompts.synonyms names unknown class {unknown[0]!r} (classes: {', '.join(bank.names)})")
+    out = {}
+    for name, prompt in zip(bank.names, bank.prompts, strict=True):
+        syn = prompt_cfg["synonyms"].get(name, bank.synonyms.get(name, []))
+        out[name] = [prompt, *[s for s in syn if s != prompt]]
+    return out

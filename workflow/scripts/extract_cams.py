@@ -1,0 +1,38 @@
+"""Rule extract_cams: one shard of the multi-scale CAMs, batched (scattered by Snakemake)."""
+
+from _common import dataset, device, run, shard_index, union_ids
+
+from pole_core.cam.extract import extract_cams, shard_ids
+from pole_core.cam.train import load_cam_net
+from pole_core.io.checkpoint import file_hash
+
+
+def main(log):
+    c = snakemake.params.cams
+    ds = dataset(snakemake)
+    all_ids = union_ids(ds, snakemake.params.splits, snakemake.params.max_images)
+    shard, n = shard_index(snakemake.wildcards.scatteritem)
+    my_ids = shard_ids(all_ids, n, shard)
+    dev = device(snakemake)
+    net, _, _ = load_cam_net(snakemake.input.model, dev)
+    stats = extract_cams(
+        net,
+        ds,
+        my_ids,
+        snakemake.output[0],
+        scales=tuple(c["scales"]),
+        flip=c["flip"],
+        batch_size=c["batch_size"],
+        workers=c["workers"],
+        device=dev,
+        attrs={
+            "classes": list(ds.class_names),
+            "scales": list(c["scales"]),
+            "flip": bool(c["flip"]),
+            "source": file_hash(snakemake.input.model),
+        },
+    )
+    log.info("shard %s: %d images, %s", snakemake.wildcards.scatteritem, len(my_ids), stats)
+
+
+run(snakemake, main)

@@ -1,0 +1,86 @@
+"""Rule train_cam: the CLIP-guided CAM network of one variant (names = CLIMS, selected = POLE)."""
+
+from pathlib import Path
+
+from _common import bg_words, clip_bundle, dataset, device, ids, run
+
+from pole_core.cam.network import build_cam_net
+from pole_core.cam.train import train_cam
+from pole_core.data.transforms import AugmentedDataset
+from pole_core.data.voc import load_classes
+from pole_core.io.atomic import read_json
+
+
+def main(log):
+    cam = snakemake.params.cam
+    variant = snakemake.params.variant
+    ds = dataset(snakemake)
+    bank = load_classes(ds.root)
+    train_ids = ids(ds, snakemake.params.split, snakemake.params.max_images)
+    template = cam["template"]
+
+    if variant["prompts"] == "selected":
+        selected = read_json(snakemake.input.prompts[0])
+        missing = [i for i in train_ids if i not in selected]
+        if missing:
+            raise ValueError(f"{snakemake.input.prompts[0]}: no selection for image {missing[0]!r}")
+
+        def token(image_id: str, k: int) -> str:
+            return selected[image_id].get(bank.names[k], bank.prompts[k])
+    else:
+
+        def token(image_id: str, k: int) -> str:
+            return bank.prompts[k]
+
+    def prompts_for(index: int) -> dict[int, str]:
+        image_id = train_ids[index]
+        present = ds.labels(image_id).nonzero()[0]
+        return {int(k): template.format(token(image_id, int(k))) for k in present}
+
+    items = AugmentedDataset(
+        ds,
+        train_ids,
+        resize_long=tuple(cam["resize_long"]),
+        crop_size=cam["crop_size"],
+        flip=cam["flip"],
+        seed=snakemake.params.seed,
+    )
+    net = build_cam_net(
+        cam["backbone"],
+        ds.n_classes,
+        strides=tuple(cam["strides"]),
+        widths=tuple(cam["widths"]),
+        weights=cam["weights"],
+    )
+    log.info("variant %s: %d images, prompts=%s, adapters=%s, weights=%s",
+             snakemake.wildcards.variant, len(train_ids), variant["prompts"], variant["adapters"], variant["loss_weights"])
+    weights = dict(variant["loss_weights"])
+    cls_weight = weights.pop("cls", 0.0)
+    stats = train_cam(
+        net,
+        items,
+        prompts_for,
+        clip_bundle(snakemake),
+        Path(snakemake.output[0]),
+        bg_words=bg_words(cam, ds.root),
+        epochs=cam["epochs"],
+        batch_size=cam["batch_size"],
+        lr=cam["lr"],
+        head_lr=cam["head_lr"],
+        weight_decay=cam["weight_decay"],
+        loss_weights=weights,
+        adapters=variant["adapters"],
+        adapter_ratio=cam["adapter_ratio"],
+        adapter_reduction=cam["adapter_reduction"],
+        cbs_thresh=cam["cbs_thresh"],
+        clamp=tuple(cam["clamp"]),
+        cls_weight=cls_weight,
+        seed=snakemake.params.seed,
+        device=device(snakemake),
+        workers=cam["workers"],
+        log=log.info,
+    )
+    log.info("trained: %s", stats)
+
+
+run(snakemake, main)
