@@ -125,3 +125,18 @@ def candidates(prompt_cfg: dict, root: Path) -> dict[str, list[str]]:
         syn = prompt_cfg["synonyms"].get(name, bank.synonyms.get(name, []))
         out[name] = [prompt, *[s for s in syn if s != prompt]]
     return out
+
+
+def find_in_shards(shard_dirs: list[str], sub: str) -> Callable[[str], Path]:
+    """Map an image id to its PNG in one of the shard folders (``<shard>/<sub>/<id>.png``)."""
+    index: dict[str, Path] = {}
+    for d in shard_dirs:
+        for p in (Path(d) / sub).glob("*.png"):
+            index[p.stem] = p
+
+    def path(image_id: str) -> Path:
+        if image_id not in index:
+            raise FileNotFoundError(f"{shard_dirs[0]}/../*/{sub}/{image_id}.png: no label for image {image_id!r}")
+        return index[image_id]
+
+    return path

@@ -21,7 +21,7 @@ def main(log):
         batch_size=p["batch_size"],
     )
     write_json(snakemake.output.selected, selected)
-    write_json(snakemake.output.histogram, {"candidates": cands, "histogram": histogram})
+    write_json(snakemake.output.histogram, histogram)
     log.info("selected tokens for %d images: %s", len(selected), histogram)
 
 

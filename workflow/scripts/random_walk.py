@@ -1,0 +1,34 @@
+"""Rule random_walk: one shard of pseudo-masks, CAMs propagated over the predicted boundaries."""
+
+from _common import dataset, device, run, shard_index, union_ids
+
+from pole_core.cam.extract import shard_ids
+from pole_core.cam.train import load_cam_net
+from pole_core.refine.affinity import load_affinity_net
+from pole_core.refine.random_walk import run_random_walk_shard
+
+
+def main(log):
+    rw = snakemake.params.rw
+    ds = dataset(snakemake)
+    shard, n = shard_index(snakemake.wildcards.scatteritem)
+    my_ids = shard_ids(union_ids(ds, snakemake.params.splits, snakemake.params.max_images), n, shard)
+    dev = device(snakemake)
+    cam_net, _, _ = load_cam_net(snakemake.input.cam_net, dev)
+    net = load_affinity_net(cam_net.features, snakemake.input.affinity, map_location=dev)
+    stats = run_random_walk_shard(
+        ds,
+        my_ids,
+        snakemake.input.cams,
+        net,
+        snakemake.output[0],
+        beta=rw["beta"],
+        exp_times=rw["exp_times"],
+        radius=rw["radius"],
+        bg_thresh=rw["bg_thresh"],
+        device=dev,
+    )
+    log.info("shard %s: %d pseudo-masks, %s", snakemake.wildcards.scatteritem, len(my_ids), stats)
+
+
+run(snakemake, main)

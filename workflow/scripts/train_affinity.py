@@ -1,0 +1,47 @@
+"""Rule train_affinity: IRNet boundary network on the CRF labels, over the frozen CAM backbone."""
+
+from pathlib import Path
+
+from _common import dataset, device, find_in_shards, ids, run
+
+from pole_core.cam.train import load_cam_net
+from pole_core.data.transforms import AugmentedDataset
+from pole_core.io.png import read_mask
+from pole_core.refine.affinity import AffinityNet, train_affinity
+
+
+def main(log):
+    a = snakemake.params.affinity
+    ds = dataset(snakemake)
+    train_ids = ids(ds, snakemake.params.split, snakemake.params.max_images)
+    label_path = find_in_shards(list(snakemake.input.shards), "labels")
+    items = AugmentedDataset(
+        ds,
+        train_ids,
+        resize_long=tuple(a["resize_long"]),
+        crop_size=a["crop_size"],
+        flip=True,
+        seed=snakemake.params.seed,
+        mask_fn=lambda image_id: read_mask(label_path(image_id)),
+    )
+    dev = device(snakemake)
+    cam_net, _, _ = load_cam_net(snakemake.input.cam_net, dev)
+    net = AffinityNet(cam_net.features)
+    stats = train_affinity(
+        net,
+        items,
+        Path(snakemake.output[0]),
+        radius=a["radius"],
+        epochs=a["epochs"],
+        batch_size=a["batch_size"],
+        lr=a["lr"],
+        weight_decay=a["weight_decay"],
+        seed=snakemake.params.seed,
+        device=dev,
+        num_workers=a["workers"],
+        log=log.info,
+    )
+    log.info("boundary network trained: %s", stats)
+
+
+run(snakemake, main)

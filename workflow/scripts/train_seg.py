@@ -1,0 +1,47 @@
+"""Rule train_seg: the segmentation network on one variant's pseudo-masks (255 ignored)."""
+
+from pathlib import Path
+
+from _common import dataset, device, ids, run
+
+from pole_core.data.transforms import AugmentedDataset
+from pole_core.io.png import read_mask
+from pole_core.seg.network import build_seg_net
+from pole_core.seg.train import train_seg
+
+
+def main(log):
+    s = snakemake.params.seg
+    ds = dataset(snakemake)
+    train_ids = ids(ds, snakemake.params.split, snakemake.params.max_images)
+    masks = Path(snakemake.input.masks)
+    missing = [i for i in train_ids if not (masks / f"{i}.png").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{masks / missing[0]}.png: pseudo-mask missing")
+    items = AugmentedDataset(
+        ds,
+        train_ids,
+        resize_long=tuple(s["resize_long"]),
+        crop_size=s["crop_size"],
+        flip=s["flip"],
+        seed=snakemake.params.seed,
+        mask_fn=lambda image_id: read_mask(masks / f"{image_id}.png"),
+    )
+    net = build_seg_net(s["backbone"], ds.n_classes + 1, weights=s["weights"], widths=tuple(s["widths"]))
+    stats = train_seg(
+        net,
+        items,
+        Path(snakemake.output[0]),
+        epochs=s["epochs"],
+        batch_size=s["batch_size"],
+        lr=s["lr"],
+        weight_decay=s["weight_decay"],
+        seed=snakemake.params.seed,
+        device=device(snakemake),
+        workers=s["workers"],
+        log=log.info,
+    )
+    log.info("segmenter trained on %d pseudo-masks: %s", len(train_ids), stats)
+
+
+run(snakemake, main)
