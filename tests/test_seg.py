@@ -31,7 +31,11 @@ def _world(n: int = 6, size: int = 32, seed: int = 0) -> tuple[list[np.ndarray],
         for cls in (1, 2) if i % 3 else (1 + i % 2,):
             r = int(rng.integers(5, 8))
             cy, cx = (int(v) for v in rng.integers(r + 1, size - r - 1, 2))
-            shape = (np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r) if cls == 1 else (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+            shape = (
+                (np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r)
+                if cls == 1
+                else (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+            )
             mask[shape] = cls
             img[shape] = (220, 40, 40) if cls == 1 else (40, 60, 220)
         edge = cv2.morphologyEx(mask, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
@@ -90,14 +94,24 @@ def test_mini_overfits_with_ignore_band(tmp_path):
     net = build_seg_net("mini", 3, widths=(16, 32, 32, 64))
     t0 = time.perf_counter()
     stats = train_seg(
-        net, Items(images, masks), tmp_path / "seg.pt", epochs=60, batch_size=6, lr=0.05, seed=0,
-        device="cpu", progress=False, log=lambda s: None,
+        net,
+        Items(images, masks),
+        tmp_path / "seg.pt",
+        epochs=60,
+        batch_size=6,
+        lr=0.05,
+        seed=0,
+        device="cpu",
+        progress=False,
+        log=lambda s: None,
     )
     assert time.perf_counter() - t0 < 20
     assert stats["loss_per_epoch"][-1] < 0.2 * stats["loss_per_epoch"][0]
     ds = FakeVOC(images, masks)
     loaded = load_seg_net(tmp_path / "seg.pt", "cpu")
-    predict_dataset(loaded, ds, ds.ids(), tmp_path / "pred", scales=(1.0,), flip=True, progress=False)
+    predict_dataset(
+        loaded, ds, ds.ids(), tmp_path / "pred", scales=(1.0,), flip=True, progress=False
+    )
     result = evaluate_dir(tmp_path / "pred", ds, ds.ids())
     assert result["n_images"] == 6
     assert result["miou"] >= 90.0, result
@@ -128,7 +142,10 @@ def test_weights_roundtrip_head_swap_and_wrong_arch(tmp_path):
     path = tmp_path / "w.pt"
     torch.save({"state_dict": src.state_dict()}, path)
     same = build_seg_net("mini", 5, widths=SMALL, weights=path)
-    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), same.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(src.state_dict().values(), same.state_dict().values(), strict=True)
+    )
     # a new label set: everything but the last classifier layer is taken over
     other = build_seg_net("mini", 3, widths=SMALL, weights=path)
     assert torch.equal(other.backbone.stem[0].weight, src.backbone.stem[0].weight)
@@ -137,7 +154,10 @@ def test_weights_roundtrip_head_swap_and_wrong_arch(tmp_path):
     assert "\n" not in str(err.value)
     bad = tmp_path / "resnet.pt"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 2048)}, bad)
-    with pytest.raises(ValueError, match=r"resnet\.pt: weights do not fit seg backbone 'deeplabv3_resnet50'.*missing"):
+    with pytest.raises(
+        ValueError,
+        match=r"resnet\.pt: weights do not fit seg backbone 'deeplabv3_resnet50'.*missing",
+    ):
         build_seg_net("deeplabv3_resnet50", 21, weights=bad)
     with pytest.raises(ValueError, match="unknown backbone"):
         build_seg_net("vit", 21)
@@ -145,7 +165,9 @@ def test_weights_roundtrip_head_swap_and_wrong_arch(tmp_path):
 
 def test_resume_is_bit_identical(tmp_path):
     images, masks = _world(n=4, size=24, seed=1)
-    kw = dict(epochs=3, batch_size=2, lr=0.02, seed=3, device="cpu", progress=False, log=lambda s: None)
+    kw = dict(
+        epochs=3, batch_size=2, lr=0.02, seed=3, device="cpu", progress=False, log=lambda s: None
+    )
 
     torch.manual_seed(0)
     full = build_seg_net("mini", 3, widths=SMALL)
@@ -186,7 +208,14 @@ def test_predict_scales_flip_and_skip_existing(tmp_path):
     assert read_mask(out / "im1.png").shape == (20, 20)
 
     res = evaluate_dir(out, ds, ds.ids())
-    assert res == score(zip([ds.mask(i) for i in ds.ids()], [read_mask(out / f"{i}.png") for i in ds.ids()], strict=True), ds.class_names)
+    assert res == score(
+        zip(
+            [ds.mask(i) for i in ds.ids()],
+            [read_mask(out / f"{i}.png") for i in ds.ids()],
+            strict=True,
+        ),
+        ds.class_names,
+    )
     with pytest.raises(FileNotFoundError, match="im9.png"):
         evaluate_dir(out, ds, ["im9"])
 

@@ -66,7 +66,9 @@ class ClipBundle:
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Resize (bilinear) to ``input_size`` when needed and normalise; differentiable."""
         if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"encode_image expects B×3×H×W floats in [0,1], got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"encode_image expects B×3×H×W floats in [0,1], got shape {tuple(x.shape)}"
+            )
         x = x.to(self.device, dtype=torch.float32)
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(
@@ -109,7 +111,9 @@ class ClipBundle:
             return _vit_value_path(visual, x)
         if isinstance(visual, open_clip.modified_resnet.ModifiedResNet):
             return _resnet_value_path(visual, x)
-        raise NotImplementedError(f"dense_features: unsupported vision tower {type(visual).__name__}")
+        raise NotImplementedError(
+            f"dense_features: unsupported vision tower {type(visual).__name__}"
+        )
 
     def __repr__(self) -> str:
         return (
@@ -118,7 +122,9 @@ class ClipBundle:
         )
 
 
-def _vit_value_path(visual: open_clip.transformer.VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+def _vit_value_path(
+    visual: open_clip.transformer.VisionTransformer, x: torch.Tensor
+) -> torch.Tensor:
     blocks = visual.transformer.resblocks
     last = blocks[-1]
     attn = getattr(last, "attn", None)
@@ -145,7 +151,9 @@ def _vit_value_path(visual: open_clip.transformer.VisionTransformer, x: torch.Te
     return F.normalize(v.float(), dim=1)
 
 
-def _resnet_value_path(visual: open_clip.modified_resnet.ModifiedResNet, x: torch.Tensor) -> torch.Tensor:
+def _resnet_value_path(
+    visual: open_clip.modified_resnet.ModifiedResNet, x: torch.Tensor
+) -> torch.Tensor:
     x = visual.stem(x.to(visual.conv1.weight.dtype))
     x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))
     pool = visual.attnpool
@@ -177,7 +185,9 @@ def _mismatch_summary(err: BaseException) -> str:
 
 def _load_mini(checkpoint: str | None, input_size: int | None, dev: torch.device) -> ClipBundle:
     if not checkpoint:
-        raise ValueError("clip: source 'mini' needs clip.checkpoint (a file written by train_mini_clip)")
+        raise ValueError(
+            "clip: source 'mini' needs clip.checkpoint (a file written by train_mini_clip)"
+        )
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: CLIP checkpoint not found")
@@ -228,7 +238,9 @@ def _load_open_clip(
             "(e.g. ViT-B-16, ViT-B-32, RN50; see open_clip.list_models())"
         )
     if pretrained and checkpoint:
-        raise ValueError("clip: give either clip.pretrained (a tag) or clip.checkpoint (a file), not both")
+        raise ValueError(
+            "clip: give either clip.pretrained (a tag) or clip.checkpoint (a file), not both"
+        )
     weights = checkpoint or pretrained
     if not has_schema:
         if weights is None:
@@ -241,12 +253,18 @@ def _load_open_clip(
             path = Path(weights)
             if not path.is_file():
                 tags = open_clip.list_pretrained_tags_by_model(model_name)
-                what = "checkpoint not found" if checkpoint else f"neither a file nor a known tag of {model_name} {tags}"
+                what = (
+                    "checkpoint not found"
+                    if checkpoint
+                    else f"neither a file nor a known tag of {model_name} {tags}"
+                )
                 raise FileNotFoundError(f"{path}: {what}")
         else:
             # OpenAI weights were trained with QuickGELU; open_clip 3.x only warns about it.
             quick_gelu = quick_gelu or bool(
-                open_clip.pretrained.get_pretrained_cfg(model_name, weights).get("quick_gelu", False)
+                open_clip.pretrained.get_pretrained_cfg(model_name, weights).get(
+                    "quick_gelu", False
+                )
             )
     kwargs = {}
     if input_size:
@@ -269,10 +287,12 @@ def _load_open_clip(
                     f"({_mismatch_summary(err)})"
                 ) from None
             raise ValueError(
-                f"{weights}: cannot load checkpoint into {model_name} ({_mismatch_summary(err)})"
+                f"{weights}: unreadable or incompatible checkpoint for {model_name} ({_mismatch_summary(err)})"
             ) from None
         first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-        raise RuntimeError(f"clip: cannot create open_clip model {model_name} ({first[:300]})") from None
+        raise RuntimeError(
+            f"clip: cannot create open_clip model {model_name} ({first[:300]})"
+        ) from None
     pp = open_clip.model.get_model_preprocess_cfg(model)
     size = pp.get("size", input_size or 224)
     if isinstance(size, (tuple, list)):

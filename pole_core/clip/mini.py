@@ -90,9 +90,13 @@ def build_mini_clip(
     if width % head_width:
         raise ValueError(f"mini-CLIP: width {width} is not a multiple of head_width {head_width}")
     if text_width % text_heads:
-        raise ValueError(f"mini-CLIP: text_width {text_width} is not a multiple of text_heads {text_heads}")
+        raise ValueError(
+            f"mini-CLIP: text_width {text_width} is not a multiple of text_heads {text_heads}"
+        )
     if image_size % patch_size:
-        raise ValueError(f"mini-CLIP: image_size {image_size} is not a multiple of patch_size {patch_size}")
+        raise ValueError(
+            f"mini-CLIP: image_size {image_size} is not a multiple of patch_size {patch_size}"
+        )
     if not 0 <= eot_id < vocab_size:
         raise ValueError(f"mini-CLIP: eot_id {eot_id} outside the vocabulary (size {vocab_size})")
     vision = CLIPVisionCfg(
@@ -143,7 +147,9 @@ def load_corpus(corpus_dir: str | os.PathLike) -> tuple[np.ndarray, list[str], l
     try:
         images = np.load(paths["images.npy"])
     except Exception as err:
-        raise ValueError(f"{paths['images.npy']}: unreadable ({type(err).__name__}: {err})") from None
+        raise ValueError(
+            f"{paths['images.npy']}: unreadable ({type(err).__name__}: {err})"
+        ) from None
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(
             f"{paths['images.npy']}: expected uint8 N×H×W×3, got {images.dtype} {images.shape}"
@@ -161,7 +167,10 @@ def load_corpus(corpus_dir: str | os.PathLike) -> tuple[np.ndarray, list[str], l
 
 
 def multi_positive_loss(
-    image_features: torch.Tensor, text_features: torch.Tensor, groups: torch.Tensor, scale: torch.Tensor
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    groups: torch.Tensor,
+    scale: torch.Tensor,
 ) -> torch.Tensor:
     """Symmetric InfoNCE where every pair with the same caption is a positive.
 
@@ -240,7 +249,9 @@ def train_mini_clip(
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     cfg = full_model_cfg(model_cfg)
     if epochs < 1 or batch_size < 2:
-        raise ValueError(f"mini-CLIP: need epochs >= 1 and batch_size >= 2 (got {epochs}, {batch_size})")
+        raise ValueError(
+            f"mini-CLIP: need epochs >= 1 and batch_size >= 2 (got {epochs}, {batch_size})"
+        )
 
     images_np, captions, vocab = load_corpus(corpus_dir)
     tokenizer = WordTokenizer(vocab, cfg["context_length"])
@@ -302,7 +313,9 @@ def train_mini_clip(
         f"{epochs} epochs x {steps_per_epoch} steps of {bs} on {dev}"
     )
 
-    bar = tqdm(total=total_steps, initial=step, desc="mini-CLIP", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps, initial=step, desc="mini-CLIP", disable=not progress, dynamic_ncols=True
+    )
     t_train = time.perf_counter()
     steps_run = 0
     model.train()
@@ -324,7 +337,9 @@ def train_mini_clip(
             with autocast(dev):
                 img = model.encode_image(x, normalize=True)
                 txt = model.encode_text(tokens[idx_dev], normalize=True)
-                loss = multi_positive_loss(img.float(), txt.float(), groups_t[idx_dev], model.logit_scale.exp())
+                loss = multi_positive_loss(
+                    img.float(), txt.float(), groups_t[idx_dev], model.logit_scale.exp()
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if grad_clip > 0:
@@ -341,7 +356,7 @@ def train_mini_clip(
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
         history["loss"].append(epoch_loss / steps_per_epoch)
-        history["logit_scale"].append(float(model.logit_scale.exp()))
+        history["logit_scale"].append(float(model.logit_scale.detach().exp()))
         log(
             f"clip: epoch {epoch + 1}/{epochs} loss {history['loss'][-1]:.4f} "
             f"logit scale {history['logit_scale'][-1]:.2f}"
@@ -374,7 +389,7 @@ def train_mini_clip(
         "loss_per_epoch": history["loss"],
         "logit_scale_per_epoch": history["logit_scale"],
         "final_loss": history["loss"][-1] if history["loss"] else float("nan"),
-        "logit_scale": float(model.logit_scale.exp()),
+        "logit_scale": float(model.logit_scale.detach().exp()),
         "resumed_from_epoch": start_epoch,
         "sec_per_step": train_seconds / steps_run if steps_run else float("nan"),
         "seconds": time.perf_counter() - t_start,
@@ -394,5 +409,7 @@ def train_mini_clip(
         },
     )
     partial_path.unlink(missing_ok=True)
-    log(f"clip: saved {out_path} (final loss {stats['final_loss']:.4f}, logit scale {stats['logit_scale']:.1f})")
+    log(
+        f"clip: saved {out_path} (final loss {stats['final_loss']:.4f}, logit scale {stats['logit_scale']:.1f})"
+    )
     return stats

@@ -64,7 +64,11 @@ def predict(
     acc, n = None, 0
     for s in scales:
         size = (max(1, round(h * s)), max(1, round(w * s)))
-        xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        xs = (
+            x
+            if size == (h, w)
+            else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        )
         batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
         with autocast(dev):
             logits = net(batch).float()
@@ -89,10 +93,14 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, **params: float) -> np.ndarr
 
     unknown = set(params) - set(CRF_DEFAULTS) - _CRF_LABEL_ONLY
     if unknown:
-        raise ValueError(f"crf: unknown parameter(s) {sorted(unknown)}; known: {sorted(CRF_DEFAULTS)}")
+        raise ValueError(
+            f"crf: unknown parameter(s) {sorted(unknown)}; known: {sorted(CRF_DEFAULTS)}"
+        )
     p = {**CRF_DEFAULTS, **{k: v for k, v in params.items() if k in CRF_DEFAULTS}}
     n_labels, h, w = probs.shape
-    unary = np.ascontiguousarray(-np.log(np.clip(probs, 1e-5, 1.0)).reshape(n_labels, -1), dtype=np.float32)
+    unary = np.ascontiguousarray(
+        -np.log(np.clip(probs, 1e-5, 1.0)).reshape(n_labels, -1), dtype=np.float32
+    )
     crf = dcrf.DenseCRF2D(w, h, n_labels)
     crf.setUnaryEnergy(unary)
     crf.addPairwiseGaussian(sxy=float(p["gauss_sxy"]), compat=float(p["gauss_compat"]))
@@ -131,7 +139,9 @@ def predict_dataset(
         write_mask(out_dir / f"{image_id}.png", labels)
 
 
-def _pairs(pred_dir: Path, dataset: Any, ids: Sequence[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _pairs(
+    pred_dir: Path, dataset: Any, ids: Sequence[str]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for image_id in ids:
         path = pred_dir / f"{image_id}.png"
         if not path.is_file():

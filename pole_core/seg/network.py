@@ -43,7 +43,9 @@ class _Block(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False)
+        self.conv1 = nn.Conv2d(
+            cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False
+        )
         self.norm1 = _gn(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, padding=dilation, dilation=dilation, bias=False)
         self.norm2 = _gn(cout)
@@ -65,7 +67,9 @@ class MiniEncoder(nn.Module):
     def __init__(self, widths: Sequence[int]):
         super().__init__()
         w0, w1, w2, w3 = widths
-        self.stem = nn.Sequential(nn.Conv2d(3, w0, 3, 2, 1, bias=False), _gn(w0), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, w0, 3, 2, 1, bias=False), _gn(w0), nn.ReLU(inplace=True)
+        )
         self.layer1 = _Block(w0, w1, stride=2)
         self.layer2 = _Block(w1, w2, stride=2)
         self.layer3 = _Block(w2, w3, stride=1, dilation=2)
@@ -76,14 +80,19 @@ class MiniEncoder(nn.Module):
 
 
 class MiniHead(nn.Module):
-    """ASPP-lite (1×1, 3×3 d=2, 3×3 d=4, image pooling) and a stride-4 skip decoder."""
+    """ASPP-lite (1×1, 3×3 d=2, 3×3 d=4, image pooling) and a stride-4 skip decoder.
+
+    ``width`` follows the stride-4 width (at least 16), so tiny smoke configs stay tiny.
+    """
 
     def __init__(self, cin: int, clow: int, n_classes: int, width: int = 64, rates=(2, 4)):
         super().__init__()
 
         def cbr(ci: int, co: int, k: int, d: int = 1) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(ci, co, k, padding=d * (k // 2), dilation=d, bias=False), _gn(co), nn.ReLU(inplace=True)
+                nn.Conv2d(ci, co, k, padding=d * (k // 2), dilation=d, bias=False),
+                _gn(co),
+                nn.ReLU(inplace=True),
             )
 
         self.branches = nn.ModuleList([cbr(cin, width, 1)] + [cbr(cin, width, 3, r) for r in rates])
@@ -142,14 +151,20 @@ def build_seg_net(
     backbone, or a :func:`train_seg` checkpoint). Nothing is downloaded.
     """
     if n_classes < 2:
-        raise ValueError(f"seg: n_classes must count background plus at least one class, got {n_classes}")
+        raise ValueError(
+            f"seg: n_classes must count background plus at least one class, got {n_classes}"
+        )
     arch: dict[str, Any] = {"backbone": backbone, "n_classes": int(n_classes)}
     if backbone == "mini":
         widths = tuple(int(w) for w in widths)
         if len(widths) != 4:
             raise ValueError(f"seg: mini widths must have 4 entries, got {widths}")
         arch["widths"] = list(widths)
-        net = SegNet(MiniEncoder(widths), MiniHead(widths[3], widths[1], n_classes), arch)
+        net = SegNet(
+            MiniEncoder(widths),
+            MiniHead(widths[3], widths[1], n_classes, width=max(16, widths[1])),
+            arch,
+        )
     elif backbone in ("deeplabv3_resnet101", "deeplabv3_resnet50"):
         from torchvision.models import segmentation
 
@@ -158,7 +173,9 @@ def build_seg_net(
         )
         net = SegNet(tv.backbone, tv.classifier, arch)
     else:
-        raise ValueError(f"seg: unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+        raise ValueError(
+            f"seg: unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}"
+        )
     if weights is not None:
         load_weights(net, weights)
     return net
@@ -195,7 +212,9 @@ def load_weights(net: SegNet, path: str | os.PathLike) -> None:
     try:
         state = _unwrap_state(torch.load(path, map_location="cpu", weights_only=False))
     except Exception as err:
-        raise ValueError(f"{path}: unreadable segmentation weights ({type(err).__name__}: {err})") from None
+        raise ValueError(
+            f"{path}: unreadable segmentation weights ({type(err).__name__}: {err})"
+        ) from None
     state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
     if not any(k.startswith(("backbone.", "classifier.")) for k in state):
         # a plain backbone file (e.g. torchvision ResNet ImageNet weights)
@@ -203,7 +222,11 @@ def load_weights(net: SegNet, path: str | os.PathLike) -> None:
 
     own = net.state_dict()
     last = _last_classifier_keys(net)
-    missing = [k for k in own if k not in state and not (k.startswith("classifier.") and not _has_head(state))]
+    missing = [
+        k
+        for k in own
+        if k not in state and not (k.startswith("classifier.") and not _has_head(state))
+    ]
     unexpected = [k for k in state if k not in own]
     wrong, skip = [], []
     for k, v in state.items():
@@ -211,7 +234,11 @@ def load_weights(net: SegNet, path: str | os.PathLike) -> None:
             (skip if k in last and own[k].shape[1:] == v.shape[1:] else wrong).append(k)
     if missing or unexpected or wrong:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong),
+        ):
             if keys:
                 parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
         raise ValueError(

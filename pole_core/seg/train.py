@@ -23,7 +23,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..device import autocast, resolve_device
-from ..io.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from ..io.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from .network import SegNet, build_seg_net
 
 IGNORE = 255
@@ -104,7 +110,11 @@ def train_seg(
             net.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
-            start_epoch, step, history = state["epoch"], state["step"], list(state["loss_per_epoch"])
+            start_epoch, step, history = (
+                state["epoch"],
+                state["step"],
+                list(state["loss_per_epoch"]),
+            )
             set_rng_state(state["rng"])
             log(f"train_seg: resuming {partial} after epoch {start_epoch}/{epochs} (step {step})")
         else:
@@ -127,7 +137,9 @@ def train_seg(
             pin_memory=dev.type == "cuda",
         )
         total, count = 0.0, 0
-        bar = tqdm(loader, desc=f"seg epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        bar = tqdm(
+            loader, desc=f"seg epoch {epoch + 1}/{epochs}", disable=not progress, leave=False
+        )
         for batch in bar:
             x = batch["image"].to(dev, non_blocking=True).float()
             y = batch["mask"].to(dev, non_blocking=True).long()
@@ -144,7 +156,9 @@ def train_seg(
             seen += x.shape[0]
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise FloatingPointError(f"train_seg: loss became {value} at step {step} (lower lr?)")
+                raise FloatingPointError(
+                    f"train_seg: loss became {value} at step {step} (lower lr?)"
+                )
             total, count = total + value, count + 1
             bar.set_postfix(loss=f"{value:.4f}")
             if stop_after_steps is not None and step >= stop_after_steps:
@@ -152,10 +166,14 @@ def train_seg(
                 break
         bar.close()
         if stopped:
-            log(f"train_seg: stopped after {step} steps (stop_after_steps), epoch {epoch + 1} unfinished")
+            log(
+                f"train_seg: stopped after {step} steps (stop_after_steps), epoch {epoch + 1} unfinished"
+            )
             break
         history.append(total / max(count, 1))
-        log(f"train_seg: epoch {epoch + 1}/{epochs} loss {history[-1]:.4f} lr {poly_lr(lr, step, total_steps):.2e}")
+        log(
+            f"train_seg: epoch {epoch + 1}/{epochs} loss {history[-1]:.4f} lr {poly_lr(lr, step, total_steps):.2e}"
+        )
         save_checkpoint(
             partial,
             {
@@ -185,7 +203,11 @@ def train_seg(
         return stats
     save_checkpoint(
         out_path,
-        {"state_dict": {k: v.cpu() for k, v in net.state_dict().items()}, "arch": config["arch"], "stats": stats},
+        {
+            "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
+            "arch": config["arch"],
+            "stats": stats,
+        },
     )
     partial.unlink(missing_ok=True)
     return stats
@@ -195,12 +217,18 @@ def load_seg_net(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     """Rebuild a trained segmenter from a :func:`train_seg` checkpoint, in eval mode."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     ckpt = load_checkpoint(path, map_location="cpu")
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("arch"), dict) or "state_dict" not in ckpt:
+    if (
+        not isinstance(ckpt, dict)
+        or not isinstance(ckpt.get("arch"), dict)
+        or "state_dict" not in ckpt
+    ):
         raise ValueError(f"{path}: not a segmenter checkpoint (needs 'arch' and 'state_dict')")
     net = build_seg_net(**ckpt["arch"])
     try:
         net.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
-        raise ValueError(f"{path}: state dict does not fit its arch {ckpt['arch']} ({first})") from None
+        raise ValueError(
+            f"{path}: state dict does not fit its arch {ckpt['arch']} ({first})"
+        ) from None
     return net.to(dev).eval()
