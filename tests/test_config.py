@@ -5,7 +5,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pole_core.config import ConfigError, schema_markdown, thresholds, validate_config, variant_settings
+from pole_core.config import (
+    ConfigError,
+    schema_markdown,
+    thresholds,
+    validate_config,
+    variant_settings,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +30,13 @@ def test_paper_defaults_are_filled_in():
     assert variant_settings(cfg, "pole")["adapters"] is True
     assert cfg["crf"]["fg_thresh"] == 0.30 and cfg["crf"]["bg_thresh"] == 0.05
     assert cfg["crf"]["bi_sxy"] == 50 and cfg["crf"]["bi_srgb"] == 5 and cfg["crf"]["iters"] == 10
-    assert cfg["random_walk"] == {"beta": 10, "exp_times": 8, "radius": 5, "bg_thresh": 0.25, "shards": 4}
+    assert cfg["random_walk"] == {
+        "beta": 10,
+        "exp_times": 8,
+        "radius": 5,
+        "bg_thresh": 0.25,
+        "shards": 4,
+    }
     assert cfg["affinity"]["radius"] == 10 and cfg["affinity"]["lr"] == 0.1
     assert cfg["cams"]["scales"] == [1.0, 0.5, 1.5, 2.0]
     assert cfg["cam"]["adapter_ratio"] == 0.2 and cfg["cam"]["cbs_thresh"] == 0.26
@@ -63,7 +75,9 @@ def test_shipped_configs_validate(name):
 
 
 def test_threshold_sweep():
-    cfg = validate_config(_voc(eval={"cam_bg_thresholds": {"start": 0.1, "stop": 0.3, "step": 0.05}}))
+    cfg = validate_config(
+        _voc(eval={"cam_bg_thresholds": {"start": 0.1, "stop": 0.3, "step": 0.05}})
+    )
     assert thresholds(cfg) == [0.1, 0.15, 0.2, 0.25, 0.3]
 
 

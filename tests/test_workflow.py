@@ -9,9 +9,26 @@ import pytest
 from workflow_utils import planned_jobs, snakemake
 
 STAGES_ALL = {
-    "world", "clip_pretrain", "clip_zeroshot", "train_cam", "extract_cams", "gather_cams", "eval_cam",
-    "select_prompts", "crf", "eval_crf", "train_affinity", "random_walk", "pseudo_masks", "eval_pseudo",
-    "export", "train_seg", "eval_seg", "summary", "figures", "all",
+    "world",
+    "clip_pretrain",
+    "clip_zeroshot",
+    "train_cam",
+    "extract_cams",
+    "gather_cams",
+    "eval_cam",
+    "select_prompts",
+    "crf",
+    "eval_crf",
+    "train_affinity",
+    "random_walk",
+    "pseudo_masks",
+    "eval_pseudo",
+    "export",
+    "train_seg",
+    "eval_seg",
+    "summary",
+    "figures",
+    "all",
 }
 
 
@@ -33,7 +50,14 @@ def test_fresh_dry_run_plans_every_stage(tmp_path):
 def test_smoke_dag_runs_end_to_end(smoke_run):
     r = smoke_run / "results_smoke"
     summary = json.loads((r / "summary.json").read_text())
-    for stage in ("cam_baseline", "cam_pole", "crf_pole", "pseudo_pole", "pseudo_baseline", "seg_val"):
+    for stage in (
+        "cam_baseline",
+        "cam_pole",
+        "crf_pole",
+        "pseudo_pole",
+        "pseudo_baseline",
+        "seg_val",
+    ):
         value = summary["miou"][stage]
         assert 0.0 <= value <= 100.0, stage
     selected = json.loads((r / "prompts" / "selected.json").read_text())
@@ -46,7 +70,9 @@ def test_smoke_dag_runs_end_to_end(smoke_run):
 
 def test_world_change_reruns_world_and_downstream(smoke_run):
     jobs = planned_jobs(smoke_run, "--config", "world={n_train: 25}")
-    assert "world" in jobs and "clip_pretrain" in jobs and "train_cam" in jobs and "train_seg" in jobs
+    assert (
+        "world" in jobs and "clip_pretrain" in jobs and "train_cam" in jobs and "train_seg" in jobs
+    )
 
 
 def test_clip_training_change_does_not_rerun_world(smoke_run):

@@ -12,24 +12,38 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def snakemake(workdir: Path, *args: str, configfile: str = "config/smoke.yaml", check: bool = True, timeout: int = 900):
+def snakemake(
+    workdir: Path,
+    *args: str,
+    configfile: str = "config/smoke.yaml",
+    check: bool = True,
+    timeout: int = 900,
+):
     """Run snakemake on the repo's Snakefile with `workdir` as working directory."""
     cmd = [
         *SNAKEMAKE,
-        "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(REPO / configfile),
-        "--cores", "2",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(REPO / configfile),
+        "--cores",
+        "2",
         *args,
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
-def planned_jobs(workdir: Path, *args: str, configfile: str = "config/smoke.yaml") -> dict[str, int]:
+def planned_jobs(
+    workdir: Path, *args: str, configfile: str = "config/smoke.yaml"
+) -> dict[str, int]:
     """The jobs a dry run would execute, as {rule: count} (from the 'Job stats' table)."""
     proc = snakemake(workdir, "--dry-run", *args, configfile=configfile)
     text = proc.stdout + proc.stderr

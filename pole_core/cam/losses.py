@@ -48,7 +48,11 @@ from .network import IMAGENET_MEAN
 LOSS_KEYS = ("otm", "btm", "cbs", "reg")
 DEFAULT_WEIGHTS = {"otm": 10.0, "btm": 24.0, "cbs": 1.0, "reg": 0.2}  # CLIMS; POLE: 10, 25, 1, 0
 
-TextFeats = torch.Tensor | Mapping[tuple[int, int], torch.Tensor] | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+TextFeats = (
+    torch.Tensor
+    | Mapping[tuple[int, int], torch.Tensor]
+    | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+)
 
 
 def present_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +61,9 @@ def present_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return idx[:, 0], idx[:, 1]
 
 
-def _pair_text_feats(text_feats: TextFeats, b_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
+def _pair_text_feats(
+    text_feats: TextFeats, b_idx: torch.Tensor, k_idx: torch.Tensor
+) -> torch.Tensor:
     """Text feature per present pair, from any of the accepted forms; P×D."""
     n = b_idx.numel()
     if isinstance(text_feats, torch.Tensor):
@@ -65,7 +71,9 @@ def _pair_text_feats(text_feats: TextFeats, b_idx: torch.Tensor, k_idx: torch.Te
             return text_feats[b_idx, k_idx]
         if text_feats.dim() == 2:  # P×D, one row per present pair in row-major order
             if text_feats.shape[0] != n:
-                raise ValueError(f"text_feats: {text_feats.shape[0]} rows for {n} present (image, class) pairs")
+                raise ValueError(
+                    f"text_feats: {text_feats.shape[0]} rows for {n} present (image, class) pairs"
+                )
             return text_feats
         raise ValueError(f"text_feats: expected B×C×D or P×D, got shape {tuple(text_feats.shape)}")
     if isinstance(text_feats, Mapping):
@@ -165,7 +173,9 @@ def clims_losses(
         zero = probs.sum() * 0.0
         otm = btm = cbs = zero.float()
     else:
-        fg, bg = masked_pairs(probs, images, b_idx, k_idx, size=clip_input_size, mask_fill=mask_fill)
+        fg, bg = masked_pairs(
+            probs, images, b_idx, k_idx, size=clip_input_size, mask_fill=mask_fill
+        )
         feats = bundle.encode_image(torch.cat([fg, bg])).float()
         f_fg_raw, f_bg_raw = feats[:n], feats[n:]
         if image_adapter is not None:

@@ -47,9 +47,16 @@ class ResNet50Backbone(nn.Module):
         from torchvision.models import resnet50
 
         if len(strides) != 4:
-            raise ValueError(f"resnet50 needs 4 strides (conv1, layer2, layer3, layer4), got {strides}")
+            raise ValueError(
+                f"resnet50 needs 4 strides (conv1, layer2, layer3, layer4), got {strides}"
+            )
         base = resnet50(weights=None)
-        self.conv1, self.bn1, self.relu, self.maxpool = base.conv1, base.bn1, base.relu, base.maxpool
+        self.conv1, self.bn1, self.relu, self.maxpool = (
+            base.conv1,
+            base.bn1,
+            base.relu,
+            base.maxpool,
+        )
         self.layer1, self.layer2, self.layer3, self.layer4 = (
             base.layer1,
             base.layer2,
@@ -85,14 +92,22 @@ def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
 class MiniBackbone(nn.Module):
     """Small CNN for the demo world: fast on 2 CPU cores, same interface as ResNet-50."""
 
-    def __init__(self, widths: Sequence[int] = (32, 64, 128, 256), strides: Sequence[int] = (2, 2, 1, 1)) -> None:
+    def __init__(
+        self, widths: Sequence[int] = (32, 64, 128, 256), strides: Sequence[int] = (2, 2, 1, 1)
+    ) -> None:
         super().__init__()
         if len(widths) != len(strides) or not widths:
-            raise ValueError(f"mini backbone needs one stride per width, got widths={widths} strides={strides}")
+            raise ValueError(
+                f"mini backbone needs one stride per width, got widths={widths} strides={strides}"
+            )
         stages = []
         c_in = 3
         for w, s in zip(widths, strides, strict=True):
-            stages.append(nn.Sequential(*_conv_bn_relu(c_in, int(w), int(s)), *_conv_bn_relu(int(w), int(w), 1)))
+            stages.append(
+                nn.Sequential(
+                    *_conv_bn_relu(c_in, int(w), int(s)), *_conv_bn_relu(int(w), int(w), 1)
+                )
+            )
             c_in = int(w)
         self.stages = nn.Sequential(*stages)
         self.out_channels = c_in
@@ -115,14 +130,23 @@ class CamNet(nn.Module):
     code, extraction applies ReLU); keeping logits lets one module serve both.
     """
 
-    def __init__(self, backbone: nn.Module, n_classes: int, *, freeze_bn: bool = False, arch: dict | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        n_classes: int,
+        *,
+        freeze_bn: bool = False,
+        arch: dict | None = None,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.n_classes = int(n_classes)
         self.classifier = nn.Conv2d(backbone.out_channels, self.n_classes, 1, bias=False)
         self.freeze_bn = bool(freeze_bn)
         self.arch: dict[str, Any] = dict(arch or {})
-        self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False
+        )
         self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         for p in backbone.stem_parameters():
             p.requires_grad_(False)
@@ -161,8 +185,18 @@ class CamNet(nn.Module):
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]
         head = [p for p in self.classifier.parameters() if p.requires_grad]
         return [
-            {"params": backbone, "lr": float(lr), "weight_decay": float(weight_decay), "name": "backbone"},
-            {"params": head, "lr": float(head_lr), "weight_decay": float(weight_decay), "name": "head"},
+            {
+                "params": backbone,
+                "lr": float(lr),
+                "weight_decay": float(weight_decay),
+                "name": "backbone",
+            },
+            {
+                "params": head,
+                "lr": float(head_lr),
+                "weight_decay": float(weight_decay),
+                "name": "head",
+            },
         ]
 
 
@@ -195,10 +229,14 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, name: st
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong),
+        ):
             if keys:
                 parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
-        raise ValueError(f"{path}: weights do not match {name}: " + ", ".join(parts))
+        raise ValueError(f"{path}: state dict does not match {name}: " + ", ".join(parts))
     backbone.load_state_dict(state, strict=True)
 
 
@@ -235,7 +273,9 @@ def build_cam_net(
         raise ValueError(f"strides must be >= 1, got {strides}")
     if freeze_bn is None:
         freeze_bn = backbone == "resnet50"
-    body: nn.Module = ResNet50Backbone(strides) if backbone == "resnet50" else MiniBackbone(widths, strides)
+    body: nn.Module = (
+        ResNet50Backbone(strides) if backbone == "resnet50" else MiniBackbone(widths, strides)
+    )
     if weights is not None:
         load_backbone_weights(body, weights, backbone)
     arch = {
