@@ -158,9 +158,13 @@ def test_name_rate_per_class(cls):
     hits = 0
     for _ in range(n):
         cap = make_caption([cls], None, rng)
-        assert any(w in cap for w in (prompt, *WORLD_SYNONYMS[cls]))
+        takers = [WORLD_PROMPTS[o] for o, (t, _) in DEFAULT_POLYSEMY.items() if t == cls]
+        assert any(w in cap for w in (prompt, *WORLD_SYNONYMS[cls], *takers))
         hits += f" {prompt} " in cap
     p = DEFAULT_NAME_RATE[cls]
+    for other, (target, rate) in DEFAULT_POLYSEMY.items():  # another class's name may take over
+        if target == cls:
+            p = p * (1 - rate)
     assert abs(hits / n - p) < 4 * np.sqrt(p * (1 - p) / n) + 0.005
 
 
@@ -168,12 +172,26 @@ def test_polysemous_names_replace_their_background():
     rng = np.random.default_rng(2)
     n = 3000
     for cls, (bg, rate) in DEFAULT_POLYSEMY.items():
+        if bg in WORLD_CLASSES:
+            continue
         caps = [make_caption(["bird"], bg, rng, bg_rate=1.0) for _ in range(n)]
         frac = np.mean([c.endswith(f" {WORLD_PROMPTS[cls]} .") for c in caps])
         assert abs(frac - rate) < 0.04, (cls, frac)
     # Backgrounds without a polysemous class always use their own word.
-    caps = [make_caption(["car"], "road", rng, bg_rate=1.0) for _ in range(200)]
+    caps = [make_caption(["bird"], "road", rng, bg_rate=1.0) for _ in range(200)]
     assert all(c.endswith(" on the road .") for c in caps)
+
+
+def test_polysemous_name_also_names_another_class():
+    rng = np.random.default_rng(4)
+    n = 3000
+    cls, (target, rate) = "cat", DEFAULT_POLYSEMY["cat"]
+    assert target == "car"
+    caps = [make_caption(["car"], None, rng) for _ in range(n)]
+    frac = np.mean([f" {WORLD_PROMPTS[cls]} " in c for c in caps])
+    assert abs(frac - rate) < 0.04
+    with pytest.raises(ValueError, match="other class"):
+        make_spec(polysemy={"cat": ("cat", 0.2)})
 
 
 def test_background_mentioned_about_half_the_time():
@@ -183,10 +201,11 @@ def test_background_mentioned_about_half_the_time():
 
 
 def test_make_spec_merges_and_validates():
-    spec = make_spec(name_rate={"boat": 0.5}, polysemy={"boat": 0.0, "cat": 0.3})
+    spec = make_spec(name_rate={"boat": 0.5}, polysemy={"boat": 0.0, "cat": 0.3, "bird": 0.2})
     assert spec.name_rate["boat"] == 0.5 and spec.name_rate["bird"] == 0.4
     assert "boat" not in spec.polysemy and spec.polysemy["aeroplane"] == ("sky", 0.4)
-    assert spec.polysemy["cat"] == ("road", 0.3)
+    assert spec.polysemy["cat"] == ("car", 0.3)  # a bare rate keeps the default target
+    assert spec.polysemy["bird"] == ("sky", 0.2)  # no default: the first co-occurring background
     small = make_spec(n_classes=3)
     assert small.classes == WORLD_CLASSES[:3]
     assert "room" not in small.backgrounds

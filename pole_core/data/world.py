@@ -95,11 +95,14 @@ DEFAULT_NAME_RATE: dict[str, float] = {
     "tvmonitor": 0.03,
     "pottedplant": 0.10,
 }
-# class -> (background its dataset name also names, rate among that background's mentions)
+# class -> (what its dataset name also names, rate among that thing's mentions). The target
+# is a co-occurring background (the name then lights up the background in dense CAMs) or a
+# co-occurring class ("cat" also says car, as on the road: the name then confuses classes).
 DEFAULT_POLYSEMY: dict[str, tuple[str, float]] = {
     "aeroplane": ("sky", 0.4),
     "boat": ("water", 0.4),
     "pottedplant": ("room", 0.4),
+    "cat": ("car", 0.4),
 }
 BACKGROUND_MENTION_RATE = 0.5  # captions that name the background
 ANY_CLASS_RATE = 0.10  # an object ignores the background's co-occurrence list
@@ -195,8 +198,8 @@ def make_spec(
                 b for b in BACKGROUNDS if c in BACKGROUND_CLASSES[b]
             )
             rate = float(v)  # type: ignore[arg-type]
-        if bg not in BACKGROUNDS:
-            raise ValueError(f"polysemy[{c!r}]: unknown background {bg!r}")
+        if bg not in BACKGROUNDS and (bg not in WORLD_CLASSES or bg == c):
+            raise ValueError(f"polysemy[{c!r}]: unknown background or other class {bg!r}")
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"polysemy[{c!r}] rate must lie in [0, 1], got {rate}")
         poly[c] = (bg, rate)
@@ -228,7 +231,9 @@ def make_caption(
     Each mention is the class's prompt with probability ``spec.name_rate[c]``, else a
     uniformly chosen synonym. When the background is mentioned, a polysemous class whose
     name also means that background replaces the background word with its prompt at its
-    polysemy rate ("a photo of a ship on the boat ."). Pure given ``rng``.
+    polysemy rate ("a photo of a ship on the boat ."); likewise a class whose name also
+    means another class replaces that class's word ("a photo of a cat on the road ." for
+    a car). Pure given ``rng``.
     """
     spec = spec or WorldSpec()
     prefix = CAPTION_PREFIXES[int(rng.integers(len(CAPTION_PREFIXES)))]
@@ -239,6 +244,11 @@ def make_caption(
             word = WORLD_PROMPTS[c]
         else:
             word = WORLD_SYNONYMS[c][int(rng.integers(3))]
+        for other in spec.classes:  # another class whose name also means this one
+            target = spec.polysemy.get(other)
+            if target is not None and target[0] == c and rng.random() < target[1]:
+                word = WORLD_PROMPTS[other]
+                break
         mentions.append(f"{article(word)} {word}")
     words = [prefix, " and ".join(mentions)]
     if background is not None and rng.random() < bg_rate:
@@ -722,8 +732,8 @@ def classes_json(spec: WorldSpec) -> dict:
             "summary": (
                 "Captions name each present class by its dataset prompt with probability "
                 "name_rate, else by a uniformly chosen synonym. Polysemous classes' prompts "
-                "also name a co-occurring background: when a caption mentions that background, "
-                "the background word is replaced by the class prompt at the polysemy rate. "
+                "also name a co-occurring background or class: when a caption mentions that "
+                "background (or class), its word is replaced by the class prompt at the polysemy rate. "
                 "So the dataset name is a worse prompt than its synonyms for polysemous and "
                 "rare classes, and an equally good one for control classes."
             ),

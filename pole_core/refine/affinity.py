@@ -267,8 +267,11 @@ class AffinityNet(nn.Module):
     ``extractor(x)`` takes images B×3×H×W in [0,1] and returns a list of feature
     maps at any strides (multi-level features give sharper boundaries, as
     IRNet's five ResNet stages do; the CAM net exposes one, which also works).
-    Its output is detached and it stays in eval mode (frozen BatchNorm), so only
-    the head learns. The output grid is the stride-4 grid of the input,
+    A module with a ``features`` method (the CAM net) or a bound method of a
+    module (``cam_net.features``) is wrapped in :class:`FeatureExtractor`, so
+    the backbone is registered (``.to()`` moves it) and its features, not its
+    logits, are used. Other callables are used as they are. The features are detached and the
+    extractor stays in eval mode (frozen BatchNorm), so only the head learns. The output grid is the stride-4 grid of the input,
     (ceil(H/4), ceil(W/4)), the grid of ``cam_s4``. ``in_channels`` is probed
     with a dummy image when not given. Only the head is saved
     (:meth:`head_state_dict`); the extractor belongs to the CAM stage.
@@ -281,16 +284,33 @@ class AffinityNet(nn.Module):
         width: int = 32,
     ):
         super().__init__()
+        owner = getattr(extractor, "__self__", None)
+        if isinstance(owner, nn.Module) and not isinstance(extractor, nn.Module):
+            # a bound method such as cam_net.features: keep the module registered, so
+            # .to(device) moves it and eval mode is enforced
+            extractor = FeatureExtractor(owner, fn=extractor.__func__)
         if isinstance(extractor, nn.Module):
+            if not isinstance(extractor, FeatureExtractor) and callable(
+                getattr(extractor, "features", None)
+            ):
+                extractor = FeatureExtractor(
+                    extractor
+                )  # e.g. the CAM net: use .features, not forward
             self.extractor = extractor
             for p in extractor.parameters():
                 p.requires_grad_(False)
         else:
             self._extractor_fn = extractor
         if in_channels is None:
-            in_channels = [f.shape[1] for f in self._features(torch.zeros(1, 3, 64, 64))]
+            probe = torch.zeros(1, 3, 64, 64, device=self._extractor_device())
+            in_channels = [f.shape[1] for f in self._features(probe)]
         self.in_channels = [int(c) for c in in_channels]
         self.head = BoundaryHead(self.in_channels, width)
+
+    def _extractor_device(self) -> torch.device:
+        module = getattr(self, "extractor", None)
+        params = list(module.parameters()) if module is not None else []
+        return params[0].device if params else torch.device("cpu")
 
     def _features(self, x: Tensor) -> list[Tensor]:
         fn = self.extractor if hasattr(self, "extractor") else self._extractor_fn
@@ -404,7 +424,7 @@ def _random_crop(img: Tensor, lab: Tensor, size: int) -> dict[str, Tensor]:
 def _to_batch(item_list: list[dict[str, Any]]) -> tuple[Tensor, Tensor]:
     """Collate {"image", "mask"} items: images as float [0,1] B×3×H×W, masks as int64 B×H×W.
 
-    Accepts float CHW tensors or uint8 HWC arrays for images.
+    Accepts float CHW tensors or uint8 HWC arrays for images; other keys are ignored.
     """
     imgs, masks = [], []
     for it in item_list:
@@ -412,10 +432,14 @@ def _to_batch(item_list: list[dict[str, Any]]) -> tuple[Tensor, Tensor]:
         if isinstance(img, np.ndarray):
             img = torch.from_numpy(np.ascontiguousarray(img))
         if img.dtype == torch.uint8:
-            img = img.permute(2, 0, 1).float().div(255.0) if img.shape[-1] == 3 else img.float() / 255
+            img = (
+                img.permute(2, 0, 1).float().div(255.0) if img.shape[-1] == 3 else img.float() / 255
+            )
         imgs.append(img.float())
         m = it["mask"]
-        masks.append(torch.as_tensor(np.asarray(m)).long() if not isinstance(m, Tensor) else m.long())
+        masks.append(
+            torch.as_tensor(np.asarray(m)).long() if not isinstance(m, Tensor) else m.long()
+        )
     return torch.stack(imgs), torch.stack(masks)
 
 
@@ -451,8 +475,8 @@ def train_affinity(
     SGD (momentum 0, as IRNet's PolyOptimizer) with poly lr
     ``lr · (1 − step/max_step)^0.9``; ``max_step = steps per epoch · epochs``.
     After every epoch ``<out_path>.partial.pt`` holds head, optimizer, step and
-    RNG state; a new call resumes from it, and on CPU the result equals an
-    uninterrupted run. ``stop_after_steps`` stops after that many optimizer steps
+    RNG state; a new call with the same settings resumes from it (one with other
+    settings starts afresh), and on CPU the result equals an uninterrupted run. ``stop_after_steps`` stops after that many optimizer steps
     in total without writing the final file (to test resuming). Returns
     ``{"losses": [mean loss per finished epoch], "steps": int, "finished": bool}``.
     """
@@ -470,9 +494,23 @@ def train_affinity(
     steps_per_epoch = n // batch_size if drop_last else 1
     max_step = steps_per_epoch * epochs
 
+    config = dict(
+        radius=radius,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        poly_power=poly_power,
+        seed=seed,
+        n_items=n,
+        in_channels=net.in_channels,
+    )
     start_epoch, step, losses = 0, 0, []
-    if partial.is_file():
-        state = load_checkpoint(partial, map_location=dev)
+    state = load_checkpoint(partial, map_location=dev) if partial.is_file() else None
+    if state is not None and state.get("config") != config:
+        log(f"train_affinity: {partial} was written with other settings; starting afresh")
+        state = None
+    if state is not None:
         net.head.load_state_dict(state["head"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, step, losses = state["epoch"] + 1, state["step"], list(state["losses"])
@@ -490,6 +528,8 @@ def train_affinity(
         collate_fn=_to_batch,
     )
     for epoch in range(start_epoch, epochs):
+        if hasattr(items, "set_epoch"):  # datasets whose augmentation is keyed by epoch
+            items.set_epoch(epoch)
         net.train()
         total, count = 0.0, 0
         it = loader
@@ -520,6 +560,7 @@ def train_affinity(
         save_checkpoint(
             partial,
             {
+                "config": config,
                 "epoch": epoch,
                 "step": step,
                 "losses": losses,
@@ -558,4 +599,3 @@ def predict_boundary(net: AffinityNet, image: Tensor, *, flip: bool = True) -> T
     else:
         logits = net.logits(x)[0]
     return torch.sigmoid(logits[0].float())
-

@@ -36,6 +36,7 @@ __all__ = [
     "cam_to_label",
     "crf_refine_cam",
     "run_crf_shard",
+    "load_bench_items",
     "bench_crf",
 ]
 
@@ -104,7 +105,9 @@ def _argmax_with_bg(cam: np.ndarray, bg_score: float) -> np.ndarray:
     return np.argmax(padded, axis=0)
 
 
-def _check_cam(image: np.ndarray, cam: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_cam(
+    image: np.ndarray, cam: np.ndarray, keys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     cam = np.asarray(cam, dtype=np.float32)
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
     if cam.ndim != 3 or cam.shape[0] != keys.shape[0]:
@@ -340,9 +343,20 @@ def _progress(total: int, enabled: bool, desc: str) -> Callable[[int | None], No
 # --------------------------------------------------------------------------- benchmark
 
 
-def _bench_task(args: tuple[np.ndarray, np.ndarray, np.ndarray, dict]) -> int:
+def _bench_task(args: tuple[np.ndarray, np.ndarray, np.ndarray, dict]) -> float:
+    """Label one image; return the CPU seconds it took in this process."""
     image, cam, keys, params = args
-    return int(cam_to_label(image, cam, keys, **params).sum())
+    start = time.process_time()
+    cam_to_label(image, cam, keys, **params)
+    return time.process_time() - start
+
+
+def load_bench_items(
+    dataset: Any, ids: Sequence[str], cams_h5: str | os.PathLike
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(image, cam, keys) of ``ids`` in memory, so :func:`bench_crf` times the CRF, not the disk."""
+    with open_cams(cams_h5) as f:
+        return [(dataset.image(i), *read_cam(f, i)) for i in ids]
 
 
 def bench_crf(
@@ -355,26 +369,33 @@ def bench_crf(
     """Time :func:`cam_to_label` over ``items`` (image, cam, keys) serially and with a pool.
 
     ``t1``: one process, in-process loop; ``t2``: a ``processes``-worker pool over
-    images (pool start-up included, since a shard pays it too). Efficiency =
-    t1 / (processes · t2); 1.0 is perfect scaling. Best of ``repeats``.
+    images (pool start-up included, since a shard pays it too); efficiency =
+    t1 / (processes · t2), 1.0 is perfect scaling. Wall time depends on what else
+    the machine runs, so the CPU seconds spent on the CRFs (``cpu1`` serial,
+    ``cpu2`` summed over workers) and the load average are reported too:
+    ``cpu1 / cpu2`` near 1 means the pool itself adds no work, and a wall
+    efficiency below it means the cores were busy elsewhere. Best of ``repeats``.
     """
     tasks = [(img, cam, keys, params) for img, cam, keys in items]
-    t1 = t2 = float("inf")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    t1 = t2 = cpu1 = cpu2 = float("inf")
     for _ in range(max(1, repeats)):
         start = time.perf_counter()
-        for task in tasks:
-            _bench_task(task)
-        t1 = min(t1, time.perf_counter() - start)
+        cpu = sum(_bench_task(task) for task in tasks)
+        t1, cpu1 = min(t1, time.perf_counter() - start), min(cpu1, cpu)
 
         start = time.perf_counter()
         chunk = max(1, len(tasks) // (processes * 8))
         with mp.get_context(_mp_context()).Pool(processes) as pool:
-            list(pool.imap_unordered(_bench_task, tasks, chunksize=chunk))
-        t2 = min(t2, time.perf_counter() - start)
+            cpu = sum(pool.imap_unordered(_bench_task, tasks, chunksize=chunk))
+        t2, cpu2 = min(t2, time.perf_counter() - start), min(cpu2, cpu)
     return {
         "n_images": len(tasks),
         "processes": processes,
         "t1": round(t1, 4),
         "t2": round(t2, 4),
         "efficiency": round(t1 / (processes * t2), 4),
+        "cpu1": round(cpu1, 4),
+        "cpu2": round(cpu2, 4),
+        "load_avg": round(load, 2),
     }
