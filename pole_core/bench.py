@@ -7,8 +7,8 @@ them and writes ``<out>/bench.json`` with all results keyed by name.
 * ``cam_extract`` (here): :func:`pole_core.cam.extract.extract_cams_reference` (IRNet's
   per-image loop) vs :func:`pole_core.cam.extract.extract_cams`, same net, same images,
   one process; speed-up and the largest CAM difference.
-* ``crf``: picked up when ``pole_core.refine.bench`` defines ``bench_crf`` with the same
-  calling convention (owned by the refine stage).
+* ``crf``: when ``pole_core.refine.crf`` defines ``bench_crf(items, *, processes, repeats)``
+  (owned by the refine stage), :func:`bench_crf_stage` feeds it the demo net's CAMs.
 
     python -m pole_core.bench --out results/bench [--n-images 64] [--device auto]
 """
@@ -114,6 +114,10 @@ class TinyCamNet(nn.Module):
         return F.relu(self(x))
 
 
+# The default config's cam.strides for the mini backbone (output stride 4).
+DEMO_STRIDES = (2, 2, 1, 1)
+
+
 def build_demo_net(n_classes: int, seed: int = 0) -> tuple[nn.Module, str]:
     """The demo "mini" CAM net at a fixed random init, and a note on where it came from."""
     torch.manual_seed(seed)
@@ -121,7 +125,15 @@ def build_demo_net(n_classes: int, seed: int = 0) -> tuple[nn.Module, str]:
         from .cam.network import build_cam_net
     except ImportError as err:
         return TinyCamNet(n_classes).eval(), f"fallback TinyCamNet (pole_core.cam.network: {err})"
-    return build_cam_net(backbone="mini", n_classes=n_classes).eval(), "pole_core.cam.network mini"
+    net = build_cam_net(backbone="mini", n_classes=n_classes, strides=DEMO_STRIDES)
+    return net.eval(), f"pole_core.cam.network mini, strides {list(DEMO_STRIDES)}"
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def _load_dataset(data_root: str | None, split: str, n_images: int, image_size: int, seed: int):
@@ -165,15 +177,21 @@ def bench_cam_extract(
     data_root: str | None = None,
     split: str = "train",
     seed: int = 0,
-    repeats: int = 1,
+    repeats: int = 3,
+    threads: int | None = None,
 ) -> dict:
     """Time the IRNet per-image loop against batched extraction on the same net and images.
 
     Both write a CAM store (so storage cost is in both timings), after a warm-up on a few
     images. The fp32 difference is measured on the maps before float16 storage (untimed
-    pass); the stored float16 arrays are compared too. Timings are the best of ``repeats``.
+    pass); the stored float16 arrays are compared too. Timings are the best of ``repeats``
+    alternating runs; wall and process CPU time are both reported, since on a shared
+    machine the wall time of many small parallel regions (the reference) suffers most.
     """
     dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     dataset, ids, data_note = _load_dataset(data_root, split, n_images, image_size, seed)
     if data_root is not None:
         n_classes = len(dataset.class_names)
@@ -188,29 +206,39 @@ def bench_cam_extract(
         extract_cams_reference(net, dataset, warm, ref_h5, **common)
         extract_cams(net, dataset, warm, ours_h5, progress=False, **ours_kw)
 
-        t_ref, t_ours = [], []
-        for _ in range(max(1, repeats)):
-            t0 = time.perf_counter()
-            extract_cams_reference(net, dataset, ids, ref_h5, **common)
-            t_ref.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            extract_cams(net, dataset, ids, ours_h5, progress=False, **ours_kw)
-            t_ours.append(time.perf_counter() - t0)
+        runs: dict[str, list[tuple[float, float]]] = {"reference": [], "ours": []}
+        for _ in range(max(1, repeats)):  # alternate, so load changes hit both alike
+            runs["reference"].append(
+                _timed(lambda: extract_cams_reference(net, dataset, ids, ref_h5, **common))
+            )
+            runs["ours"].append(
+                _timed(lambda: extract_cams(net, dataset, ids, ours_h5, progress=False, **ours_kw))
+            )
         diff_fp16 = _max_stored_diff(ref_h5, ours_h5)
 
     amp_note = "AMP (float16 autocast)" if dev.type == "cuda" else "fp32 (no autocast on CPU)"
     diff_fp32 = 0.0
-    ours = {item[0]: item for item in iter_cams(net, dataset, ids, batch_size=batch_size, amp=False, **common)}
+    ours = {
+        item[0]: item
+        for item in iter_cams(net, dataset, ids, batch_size=batch_size, amp=False, **common)
+    }
     for image_id, keys, cam, cam_s4 in iter_cams_reference(net, dataset, ids, **common):
         _, keys_b, cam_b, cam_s4_b = ours.pop(image_id)
         if not np.array_equal(keys, keys_b):
-            raise AssertionError(f"{image_id}: keys differ between reference and batched extraction")
+            raise AssertionError(
+                f"{image_id}: keys differ between reference and batched extraction"
+            )
         if cam.size:
-            diff_fp32 = max(diff_fp32, float(np.abs(cam - cam_b).max()), float(np.abs(cam_s4 - cam_s4_b).max()))
+            diff_fp32 = max(
+                diff_fp32, float(np.abs(cam - cam_b).max()), float(np.abs(cam_s4 - cam_s4_b).max())
+            )
     if ours:
         raise AssertionError(f"batched extraction produced extra ids: {sorted(ours)[:5]}")
 
-    t_reference, t_ours_best = min(t_ref), min(t_ours)
+    t_reference = min(w for w, _ in runs["reference"])
+    t_ours = min(w for w, _ in runs["ours"])
+    cpu_reference = min(c for _, c in runs["reference"])
+    cpu_ours = min(c for _, c in runs["ours"])
     result: dict[str, Any] = {
         "benchmark": "cam_extract",
         "n_images": len(ids),
@@ -223,12 +251,14 @@ def bench_cam_extract(
         "batch_size": batch_size,
         "workers": workers,
         "t_reference_s": round(t_reference, 4),
-        "t_ours_s": round(t_ours_best, 4),
-        "t_reference_runs_s": [round(t, 4) for t in t_ref],
-        "t_ours_runs_s": [round(t, 4) for t in t_ours],
-        "speedup": round(t_reference / t_ours_best, 3),
+        "t_ours_s": round(t_ours, 4),
+        "speedup": round(t_reference / t_ours, 3),
+        "cpu_reference_s": round(cpu_reference, 4),
+        "cpu_ours_s": round(cpu_ours, 4),
+        "speedup_cpu_time": round(cpu_reference / cpu_ours, 3),
+        "runs_wall_cpu_s": {k: [[round(w, 4), round(c, 4)] for w, c in v] for k, v in runs.items()},
         "images_per_s_reference": round(len(ids) / t_reference, 2),
-        "images_per_s_ours": round(len(ids) / t_ours_best, 2),
+        "images_per_s_ours": round(len(ids) / t_ours, 2),
         "max_abs_diff": diff_fp32,
         "max_abs_diff_note": "fp32 maps before float16 storage, ours without AMP",
         "max_abs_diff_stored_fp16": diff_fp16,
@@ -236,8 +266,45 @@ def bench_cam_extract(
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_before": load_before,
         "torch_version": torch.__version__,
-        "timing": "both write an HDF5 store; each after a warm-up on 4 images; best of repeats",
+        "timing": "both write an HDF5 store; after a warm-up on 4 images; best of alternating repeats",
+    }
+    write_json(out_json, result)
+    return result
+
+
+def bench_crf_stage(
+    out_json: str | os.PathLike,
+    *,
+    n_images: int = 64,
+    device: str = "auto",
+    image_size: int = 64,
+    processes: int = 2,
+    repeats: int = 1,
+    seed: int = 0,
+) -> dict:
+    """CRF timing (serial vs process pool) via ``pole_core.refine.crf.bench_crf``, when it exists.
+
+    Its inputs are the demo net's CAMs (random init, stored precision) of the same synthetic
+    images as ``cam_extract``; the CRF's cost does not depend on what the CAMs show.
+    """
+    from .refine.crf import bench_crf
+
+    dataset = SyntheticDataset(n_images, image_size=image_size, seed=seed)
+    net, net_note = build_demo_net(len(dataset.class_names), seed)
+    dev = resolve_device(device)
+    net = net.to(dev)
+    items = [
+        (dataset.image(image_id), cam.astype(np.float16).astype(np.float32), keys)
+        for image_id, keys, cam, _ in iter_cams(net, dataset, dataset.ids(), device=dev)
+    ]
+    result = {
+        "benchmark": "crf",
+        "data": f"synthetic {image_size}x{image_size}",
+        "cams_from": net_note,
+        **bench_crf(items, processes=processes, repeats=repeats),
     }
     write_json(out_json, result)
     return result
@@ -247,14 +314,15 @@ BenchFn = Callable[..., dict]
 
 
 def available_benchmarks() -> dict[str, BenchFn]:
-    """Sub-benchmarks by name: ours plus those other stages provide (``pole_core.refine.bench``)."""
+    """Sub-benchmarks by name: CAM extraction, plus the CRF one when ``pole_core.refine.crf``
+    provides ``bench_crf`` (its own stage owns that function; we only feed it)."""
     benches: dict[str, BenchFn] = {"cam_extract": bench_cam_extract}
     try:
-        refine_bench = importlib.import_module("pole_core.refine.bench")
-    except ImportError:
-        refine_bench = None
-    if refine_bench is not None and hasattr(refine_bench, "bench_crf"):
-        benches["crf"] = refine_bench.bench_crf
+        crf = importlib.import_module("pole_core.refine.crf")
+    except ImportError:  # e.g. pydensecrf missing: the CAM benchmark still runs
+        crf = None
+    if crf is not None and hasattr(crf, "bench_crf"):
+        benches["crf"] = bench_crf_stage
     return benches
 
 
@@ -276,22 +344,35 @@ def run_benchmarks(
     results: dict[str, dict] = {}
     for name in names:
         kwargs = (extra or {}).get(name, {})
-        results[name] = benches[name](out_dir / f"{name}.json", n_images=n_images, device=device, **kwargs)
+        results[name] = benches[name](
+            out_dir / f"{name}.json", n_images=n_images, device=device, **kwargs
+        )
     write_json(out_dir / "bench.json", results)
     return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pole_core.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output folder (bench.json + one JSON per benchmark)")
+    parser = argparse.ArgumentParser(
+        prog="python -m pole_core.bench", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--out", required=True, help="output folder (bench.json + one JSON per benchmark)"
+    )
     parser.add_argument("--n-images", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--only", nargs="*", help="names of sub-benchmarks to run (default: all)")
     parser.add_argument("--batch-size", type=int, default=32, help="cam_extract: images per batch")
-    parser.add_argument("--image-size", type=int, default=64, help="cam_extract: synthetic image side")
+    parser.add_argument(
+        "--image-size", type=int, default=64, help="cam_extract: synthetic image side"
+    )
     parser.add_argument("--workers", type=int, default=0, help="cam_extract: DataLoader workers")
-    parser.add_argument("--repeats", type=int, default=1, help="cam_extract: timed runs, best kept")
-    parser.add_argument("--data", default=None, help="cam_extract: a VOC-layout root instead of synthetic images")
+    parser.add_argument("--repeats", type=int, default=3, help="cam_extract: timed runs, best kept")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--data", default=None, help="cam_extract: a VOC-layout root instead of synthetic images"
+    )
     parser.add_argument("--split", default="train")
     args = parser.parse_args(argv)
     extra = {
@@ -300,13 +381,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "image_size": args.image_size,
             "workers": args.workers,
             "repeats": args.repeats,
+            "threads": args.threads,
             "data_root": args.data,
             "split": args.split,
         }
     }
-    results = run_benchmarks(args.out, n_images=args.n_images, device=args.device, only=args.only, extra=extra)
+    results = run_benchmarks(
+        args.out, n_images=args.n_images, device=args.device, only=args.only, extra=extra
+    )
     for name, res in results.items():
-        shown = {k: res[k] for k in ("n_images", "t_reference_s", "t_ours_s", "speedup", "max_abs_diff") if k in res}
+        shown = {
+            k: res[k]
+            for k in ("n_images", "t_reference_s", "t_ours_s", "speedup", "max_abs_diff")
+            if k in res
+        }
         print(f"{name}: {shown}", file=sys.stderr)
     return 0
 

@@ -34,11 +34,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..device import autocast
+from ..device import autocast, resolve_device
 from ..io.cam_store import CamWriter
 
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
 EPS = 1e-5
+# Input pixels per forward pass (images and flips together), by device type; see batch_cams.
+CHUNK_PIXELS = {"cpu": 2**17, "cuda": 2**24}
 
 # (image_id, keys int64[k], cam float32[k,H,W], cam_s4 float32[k,h4,w4])
 CamItem = tuple[str, np.ndarray, np.ndarray, np.ndarray]
@@ -102,6 +104,15 @@ def _default_attrs(net: torch.nn.Module, dataset: Any, scales: Sequence[float], 
     }
 
 
+def _device_for(net: torch.nn.Module, device: torch.device | str) -> torch.device:
+    """The device to run on ("auto" allowed); the net must already live there (we never move it)."""
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    param = next(net.parameters(), None)
+    if param is not None and param.device.type != dev.type:
+        raise ValueError(f"CAM net is on {param.device} but extraction was asked to run on {dev}")
+    return dev
+
+
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 H×W×3 -> float 1×3×H×W in [0,1]."""
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255.0)
@@ -129,7 +140,7 @@ def iter_cams_reference(
     device: torch.device | str = "cpu",
 ) -> Iterator[CamItem]:
     """IRNet/CLIMS ``make_cam`` loop, one image at a time; yields float32 maps (no storage)."""
-    device = torch.device(device)
+    device = _device_for(net, device)
     stride = int(net.stride)
     was_training = net.training
     net.eval()
@@ -151,12 +162,16 @@ def iter_cams_reference(
                 up = strided_up_size(size, stride)
                 strided_cam = torch.sum(
                     torch.stack(
-                        [F.interpolate(o[None], s4, mode="bilinear", align_corners=False)[0] for o in outputs]
+                        [
+                            F.interpolate(o[None], s4, mode="bilinear", align_corners=False)[0]
+                            for o in outputs
+                        ]
                     ),
                     0,
                 )
                 highres = [
-                    F.interpolate(o[:, None], up, mode="bilinear", align_corners=False) for o in outputs
+                    F.interpolate(o[:, None], up, mode="bilinear", align_corners=False)
+                    for o in outputs
                 ]
                 highres = torch.sum(torch.stack(highres, 0), 0)[:, 0, : size[0], : size[1]]
                 # numpy post-processing, per image
@@ -188,11 +203,18 @@ def extract_cams_reference(
     n = 0
     with CamWriter(out_h5, all_attrs) as writer:
         items = iter_cams_reference(net, dataset, ids, scales=scales, flip=flip, device=device)
-        for image_id, keys, cam, cam_s4 in tqdm(items, total=len(ids), disable=not progress, desc="cams(ref)"):
+        for image_id, keys, cam, cam_s4 in tqdm(
+            items, total=len(ids), disable=not progress, desc="cams(ref)"
+        ):
             writer.add(image_id, cam, keys, cam_s4 if store_stride4 else None)
             n += 1
     seconds = time.perf_counter() - t0
-    return {"n_images": n, "seconds": seconds, "images_per_s": n / seconds if seconds else None}
+    return {
+        "n_images": n,
+        "seconds": round(seconds, 4),
+        "images_per_s": round(n / seconds, 3) if seconds else None,
+        "device": str(_device_for(net, device)),
+    }
 
 
 # --------------------------------------------------------------------------- batched extraction
@@ -240,6 +262,7 @@ def batch_cams(
     flip: bool,
     amp: bool = True,
     channels_last: bool = True,
+    chunk_pixels: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalised CAMs of one batch of equal-size images (float B×3×H×W on the net's device).
 
@@ -255,21 +278,29 @@ def batch_cams(
     rows = torch.repeat_interleave(torch.arange(b), counts).to(device)
     cols = torch.from_numpy(np.concatenate([*keys, np.zeros(0, np.int64)])).to(device)
     n_pairs = int(counts.sum())
+    budget = chunk_pixels or CHUNK_PIXELS.get(device.type, CHUNK_PIXELS["cuda"])
     acc_s4 = torch.zeros((1, n_pairs, *s4), device=device)
     acc_up = torch.zeros((1, n_pairs, *up), device=device)
     for s in scales:
-        x = rescale_images(images, s)
-        if flip:
-            x = torch.cat([x, x.flip(-1)], 0)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, enabled=amp):
-            cam = net.cam(x)
-        cam = F.relu(cam.float())
-        if flip:
-            cam = cam[:b] + cam[b:].flip(-1)
+        xs = rescale_images(images, s)
+        # Forward in chunks of <= chunk_pixels input pixels: past that, CPU convs fall out of
+        # cache and a bigger batch gets slower per image (measured on the demo net).
+        chunk = max(1, budget // (xs.shape[-2] * xs.shape[-1] * (2 if flip else 1)))
+        cams = []
+        for i in range(0, b, chunk):
+            x = xs[i : i + chunk]
+            n = x.shape[0]
+            if flip:
+                x = torch.cat([x, x.flip(-1)], 0)  # image and flip in one forward
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, enabled=amp):
+                cam = net.cam(x)
+            cam = F.relu(cam.float())
+            cams.append(cam[:n] + cam[n:].flip(-1) if flip else cam)
         if n_pairs == 0:
             continue
+        cam = torch.cat(cams, 0) if len(cams) > 1 else cams[0]
         sel = cam[rows, cols][None]  # 1×P×h×w: only the labelled maps are upsampled
         acc_s4 += F.interpolate(sel, s4, mode="bilinear", align_corners=False)
         acc_up += F.interpolate(sel, up, mode="bilinear", align_corners=False)
@@ -292,10 +323,14 @@ def iter_cams(
     device: torch.device | str = "cpu",
     amp: bool = True,
     channels_last: bool = True,
+    chunk_pixels: int | None = None,
     out_dtype: torch.dtype = torch.float32,
 ) -> Iterator[CamItem]:
-    """Batched extraction; yields ``(id, keys, cam, cam_s4)`` numpy arrays of ``out_dtype``."""
-    device = torch.device(device)
+    """Batched extraction; yields ``(id, keys, cam, cam_s4)`` numpy arrays of ``out_dtype``.
+
+    Images come out grouped by size (the batches), not in the order of ``ids``.
+    """
+    device = _device_for(net, device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batches = group_by_size(dataset, ids, batch_size)
@@ -313,9 +348,17 @@ def iter_cams(
     try:
         with torch.inference_mode():
             for batch_ids, images, keys in loader:
+                keys = [np.asarray(k, dtype=np.int64) for k in keys]  # the loader made them tensors
                 x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
                 cam, cam_s4, counts = batch_cams(
-                    net, x, keys, scales=scales, flip=flip, amp=amp, channels_last=channels_last
+                    net,
+                    x,
+                    keys,
+                    scales=scales,
+                    flip=flip,
+                    amp=amp,
+                    channels_last=channels_last,
+                    chunk_pixels=chunk_pixels,
                 )
                 cam = cam.to(out_dtype).cpu().numpy()
                 cam_s4 = cam_s4.to(out_dtype).cpu().numpy()
@@ -342,14 +385,17 @@ def extract_cams(
     store_stride4: bool = True,
     amp: bool = True,
     channels_last: bool = True,
+    chunk_pixels: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Extract multi-scale CAMs of ``ids`` into ``out_h5`` (atomic); returns timing stats.
 
     ``attrs`` are added to the file's root attributes (defaults: classes, scales, flip,
-    stride; pass e.g. ``source=<checkpoint hash>``). AMP applies on CUDA only.
+    stride; pass e.g. ``source=<checkpoint hash>``). AMP applies on CUDA only. The net must
+    already be on ``device`` ("auto" allowed). Peak memory is one batch: at most
+    ``batch_size`` images' labelled full-resolution maps in float32.
     """
-    device = torch.device(device)
+    device = _device_for(net, device)
     t0 = time.perf_counter()
     all_attrs = {**_default_attrs(net, dataset, scales, flip), **(attrs or {})}
     n = 0
@@ -364,6 +410,7 @@ def extract_cams(
         device=device,
         amp=amp,
         channels_last=channels_last,
+        chunk_pixels=chunk_pixels,
         out_dtype=torch.float16,  # the store's dtype: convert on the device, copy half the bytes
     )
     with (

@@ -1,0 +1,170 @@
+"""POLE prompt-class selection (Stage B): per image and class, the candidate token CLIP prefers.
+
+For every training image and every class k in its label, the image is multiplied by the
+class's CAM from the baseline network (full resolution, from the HDF5 store), encoded by
+CLIP and compared with the prompts ``template.format(candidate)`` of the class's
+candidates; the softmax over ``logit_scale × cosine`` picks the token. Pairs are encoded
+in batches (pairs of images of one size share a batch, so the bundle's own resize is the
+only one applied). The dataset's name is listed first among the candidates, so a tie
+keeps it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..io.cam_store import open_cams, read_cam
+
+Selected = dict[str, dict[str, str]]
+Histogram = dict[str, dict[str, int]]
+
+
+def _candidate_lists(
+    class_names: Sequence[str], candidates: Mapping[str, Sequence[str]]
+) -> dict[str, list[str]]:
+    """Candidates per class, duplicates dropped (order kept); every class must have one."""
+    missing = [name for name in class_names if not candidates.get(name)]
+    if missing:
+        raise ValueError(f"prompt candidates: no candidate tokens for class(es) {missing}")
+    return {name: list(dict.fromkeys(candidates[name])) for name in class_names}
+
+
+class _Selector:
+    """Accumulates (image, class) pairs per image size and scores them a batch at a time."""
+
+    def __init__(
+        self,
+        bundle: Any,
+        text: dict[int, torch.Tensor],
+        tokens: dict[int, list[str]],
+        batch_size: int,
+    ):
+        self.bundle = bundle
+        self.text = text
+        self.tokens = tokens
+        self.batch_size = batch_size
+        self.device = torch.device(getattr(bundle, "device", "cpu"))
+        self.scale = float(bundle.logit_scale)
+        self.pending: dict[tuple[int, int], list[tuple[str, int, np.ndarray, np.ndarray]]] = {}
+        self.choices: list[tuple[str, int, str]] = []
+
+    def add(self, image_id: str, k: int, image: np.ndarray, cam: np.ndarray) -> None:
+        size = image.shape[:2]
+        batch = self.pending.setdefault(size, [])
+        batch.append((image_id, k, image, cam))
+        if len(batch) >= self.batch_size:
+            self.flush(size)
+
+    def flush(self, size: tuple[int, int] | None = None) -> None:
+        for key in [size] if size is not None else list(self.pending):
+            batch = self.pending.pop(key, [])
+            if batch:
+                self._score(batch)
+
+    def _score(self, batch: list[tuple[str, int, np.ndarray, np.ndarray]]) -> None:
+        images = torch.from_numpy(np.stack([b[2] for b in batch])).to(self.device)
+        cams = torch.from_numpy(np.stack([b[3] for b in batch])).to(self.device, torch.float32)
+        x = images.permute(0, 3, 1, 2).float().div_(255.0) * cams[:, None]
+        feats = F.normalize(self.bundle.encode_image(x).float(), dim=-1)
+        for (image_id, k, _, _), feat in zip(batch, feats, strict=True):
+            probs = torch.softmax(self.scale * (self.text[k] @ feat), dim=0)
+            self.choices.append((image_id, k, self.tokens[k][int(torch.argmax(probs))]))
+
+
+def select_prompts(
+    dataset: Any,
+    ids: Sequence[str],
+    cams_h5: str | os.PathLike,
+    bundle: Any,
+    candidates: Mapping[str, Sequence[str]],
+    *,
+    template: str = "A photo of {}.",
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[Selected, Histogram]:
+    """Choose a token per (image, labelled class); returns ``(selected, histogram)``.
+
+    ``selected`` = ``{image_id: {class_name: token}}`` for every id in ``ids`` (an image
+    without classes maps to ``{}``); ``histogram`` = ``{class_name: {token: count}}`` over
+    all candidates, in candidate order. The classes of an image are the ``keys`` stored
+    with its CAM (its image-level label).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    names = list(dataset.class_names)
+    cands = _candidate_lists(names, candidates)
+    device = torch.device(getattr(bundle, "device", "cpu"))
+    with torch.inference_mode():
+        text = {
+            k: F.normalize(
+                torch.as_tensor(bundle.encode_text([template.format(c) for c in cands[name]]))
+                .float()
+                .to(device),
+                dim=-1,
+            )
+            for k, name in enumerate(names)
+        }
+        tokens = {k: cands[name] for k, name in enumerate(names)}
+        selector = _Selector(bundle, text, tokens, batch_size)
+        with open_cams(cams_h5) as f:
+            for image_id in tqdm(ids, disable=not progress, desc="select prompts", unit="img"):
+                cam, keys = read_cam(f, image_id)
+                image = np.asarray(dataset.image(image_id))
+                if cam.shape[1:] != image.shape[:2]:
+                    raise ValueError(
+                        f"{cams_h5}: CAM of {image_id!r} is {cam.shape[1:]}, the image is {image.shape[:2]}"
+                    )
+                for row, k in enumerate(keys.tolist()):
+                    if not 0 <= k < len(names):
+                        raise ValueError(
+                            f"{cams_h5}: key {k} of {image_id!r} outside 0..{len(names) - 1}"
+                        )
+                    selector.add(image_id, k, image, cam[row])
+            selector.flush()
+
+    selected: Selected = {image_id: {} for image_id in ids}
+    histogram: Histogram = {name: dict.fromkeys(cands[name], 0) for name in names}
+    for image_id, k, token in selector.choices:
+        selected[image_id][names[k]] = token
+        histogram[names[k]][token] += 1
+    # key order within an image follows class index, whatever order batches finished in
+    selected = {
+        i: dict(sorted(c.items(), key=lambda kv: names.index(kv[0]))) for i, c in selected.items()
+    }
+    return selected, histogram
+
+
+def selection_stats(selected: Selected, histogram: Histogram) -> dict[str, Any]:
+    """Summary for logs and the report: how often each class left its dataset name, and for what.
+
+    The first token of each histogram entry is taken as the dataset's name (candidate order).
+    """
+    n_pairs = sum(len(c) for c in selected.values())
+    tokens = Counter(t for c in selected.values() for t in c.values())
+    per_class = {}
+    for name, counts in histogram.items():
+        total = sum(counts.values())
+        first = next(iter(counts), None)
+        top = max(counts, key=counts.get) if total else None
+        per_class[name] = {
+            "n": total,
+            "top": top,
+            "top_share": round(counts[top] / total, 4) if total else None,
+            "name_share": round(counts[first] / total, 4) if total else None,
+        }
+    kept_name = sum(next(iter(c.values()), 0) for c in histogram.values())
+    return {
+        "n_images": len(selected),
+        "n_pairs": n_pairs,
+        "distinct_tokens": len(tokens),
+        "name_share": round(kept_name / n_pairs, 4) if n_pairs else None,
+        "per_class": per_class,
+    }
