@@ -231,3 +231,23 @@ def test_impossible_min_pixels_is_a_clear_error():
     spec = make_spec(image_size=16, min_pixels=10_000)
     with pytest.raises(ValueError, match="min_pixels"):
         make_scene(np.random.default_rng(0), spec)
+
+
+def test_corpus_has_object_only_and_empty_scenes():
+    from pole_core.data.world import BACKGROUNDS, PLAIN_FILL, make_corpus_pair
+
+    rng = np.random.default_rng(5)
+    spec = make_spec(image_size=64)
+    n_plain = n_empty = 0
+    for _ in range(300):
+        img, cap = make_corpus_pair(rng, spec)
+        assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+        words = set(cap.split())
+        corner = img[:4, :4].reshape(-1, 3).mean(0)
+        if not words & set(BACKGROUNDS) and np.abs(corner - np.asarray(PLAIN_FILL)).max() < 35:
+            n_plain += 1  # objects on a plain backdrop, caption names no place
+        if cap.startswith(("a photo of the", "a picture of the", "an image of the", "there is the")):
+            n_empty += 1
+            assert len(words & set(WORLD_SYNONYMS["boat"] + WORLD_SYNONYMS["cat"])) == 0
+    assert 0.2 < n_plain / 300 < 0.4
+    assert 0.08 < n_empty / 300 < 0.22

@@ -105,6 +105,13 @@ DEFAULT_POLYSEMY: dict[str, tuple[str, float]] = {
     "cat": ("car", 0.4),
 }
 BACKGROUND_MENTION_RATE = 0.5  # captions that name the background
+# Caption corpus only: like web photos, some pairs show objects cut out on a plain
+# backdrop (caption names the objects) or an empty scene (caption names the place).
+# Without them the mini-CLIP never sees an object without its usual background, and
+# CLIP-guided CAM losses, which compare masked images with text, have nothing to go on.
+OBJECT_ONLY_RATE = 0.30
+BACKGROUND_ONLY_RATE = 0.15
+PLAIN_FILL = (122.0, 116.0, 104.0)  # CLIP's mean colour, the fill of masked-out pixels
 ANY_CLASS_RATE = 0.10  # an object ignores the background's co-occurrence list
 N_OBJECTS_P = (0.45, 0.35, 0.20)  # 1, 2, 3 objects
 SCALE_RANGE = (0.30, 0.60)  # longest object side, as a fraction of the image side
@@ -265,10 +272,43 @@ def make_caption(
     return " ".join(w for w in words if w) + " ."
 
 
+def make_background_caption(background: str, rng: np.random.Generator, *, spec: WorldSpec | None = None) -> str:
+    """Caption of an empty scene ("a photo of the water ."); polysemous names apply as in captions."""
+    spec = spec or WorldSpec()
+    prefix = CAPTION_PREFIXES[int(rng.integers(len(CAPTION_PREFIXES)))]
+    word = background
+    for c in spec.classes:
+        target = spec.polysemy.get(c)
+        if target is not None and target[0] == background and rng.random() < target[1]:
+            word = WORLD_PROMPTS[c]
+            break
+    return f"{prefix} the {word} ."
+
+
+def make_corpus_pair(rng: np.random.Generator, spec: WorldSpec | None = None) -> tuple[np.ndarray, str]:
+    """One image-caption pair of the CLIP corpus: a scene, its objects on a plain backdrop, or an empty scene."""
+    spec = spec or WorldSpec()
+    u = rng.random()
+    if u < OBJECT_ONLY_RATE + BACKGROUND_ONLY_RATE:
+        scene = make_scene(rng, spec)
+        img = scene.image.astype(np.float32)
+        if u < OBJECT_ONLY_RATE:
+            fill = np.asarray(PLAIN_FILL, np.float32) + rng.uniform(-20, 20, size=3).astype(np.float32)
+            img[scene.mask == 0] = fill
+            caption = make_caption(scene.present, None, rng, spec=spec)
+        else:
+            img = _background(scene.background, rng, spec.image_size)
+            caption = make_background_caption(scene.background, rng, spec=spec)
+        img = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(3.0)
+        return np.clip(np.rint(img), 0, 255).astype(np.uint8), caption
+    scene = make_scene(rng, spec)
+    return scene.image, make_caption(scene.present, scene.background, rng, spec=spec)
+
+
 def build_vocab(spec: WorldSpec | None = None) -> list[str]:
     """Every word a caption, prompt template, class prompt, synonym or background can produce."""
     spec = spec or WorldSpec()
-    texts: list[str] = list(CAPTION_PREFIXES) + ["and", "a", "an", "."]
+    texts: list[str] = list(CAPTION_PREFIXES) + ["and", "a", "an", "the", "."]
     texts += [t.replace("{}", " ") for t in PROMPT_TEMPLATES]
     for prep, det in BACKGROUND_PHRASE.values():
         texts += [prep, det]
@@ -809,10 +849,8 @@ def generate_world(
     images = np.zeros((n_clip, s, s, 3), dtype=np.uint8)
     captions = []
     for i in _progress(range(n_clip), n_clip, "world clip corpus", progress):
-        rng = _rng(seed, "clip", i)
-        scene = make_scene(rng, spec)
-        images[i] = scene.image
-        captions.append(make_caption(scene.present, scene.background, rng, spec=spec))
+        images[i], caption = make_corpus_pair(_rng(seed, "clip", i), spec)
+        captions.append(caption)
     corpus = root / "clip_corpus"
     _write_npy(corpus / "images.npy", images)
     write_text(corpus / "captions.txt", "".join(c + "\n" for c in captions))

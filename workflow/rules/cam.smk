@@ -19,7 +19,7 @@ rule train_cam:
         code=code_version("cam", "clip", "data"),
     threads: workflow.cores
     resources:
-        gpu=lambda wc: res("train_cam", "gpu", 1) if config["device"] != "cpu" else 0,
+        gpu=GPU,
     log:
         "logs/train_cam/{variant}.log",
     benchmark:
@@ -42,7 +42,7 @@ rule extract_cams:
         code=code_version("cam", "data"),
     threads: 1
     resources:
-        gpu=lambda wc: res("extract_cams", "gpu", 1) if config["device"] != "cpu" else 0,
+        gpu=GPU,
     log:
         "logs/extract_cams/{variant}_{scatteritem}.log",
     benchmark:

@@ -14,7 +14,7 @@ rule clip_pretrain:
         code=code_version("clip"),
     threads: workflow.cores
     resources:
-        gpu=lambda wc: res("clip_pretrain", "gpu", 1) if config["device"] != "cpu" else 0,
+        gpu=GPU,
     log:
         "logs/clip_pretrain/clip_pretrain.log",
     benchmark:

@@ -62,13 +62,17 @@ def code_version(*packages):
     return h.hexdigest()[:12]
 
 
-def res(rule_name, key, default):
-    """A per-rule resource from config `resources` (rule name, then `default`, then the built-in)."""
-    table = config.get("resources", {})
-    for name in (rule_name, "default"):
-        if key in table.get(name, {}):
-            return table[name][key]
-    return default
+# The GPU rules declare `resources: gpu=GPU`: one GPU each unless the config runs on the CPU.
+# Everything site-specific (GPU count or type, partition, memory, time) is in the profiles:
+# profiles/gpu (`resources: gpu=1` runs one GPU rule at a time), profiles/slurm (set-resources).
+GPU = 0 if config["device"] == "cpu" else 1
+
+
+# Under a cluster executor these run on the submit host: they only merge shards or read JSON.
+localrules:
+    gather_cams,
+    pseudo_masks,
+    summary,
 
 
 def final_outputs():

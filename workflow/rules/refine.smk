@@ -55,7 +55,7 @@ rule train_affinity:
         code=code_version("refine", "cam", "data"),
     threads: workflow.cores
     resources:
-        gpu=lambda wc: res("train_affinity", "gpu", 1) if config["device"] != "cpu" else 0,
+        gpu=GPU,
     log:
         "logs/train_affinity/{variant}.log",
     benchmark:
@@ -80,7 +80,7 @@ rule random_walk:
         code=code_version("refine", "cam", "data"),
     threads: 1
     resources:
-        gpu=lambda wc: res("random_walk", "gpu", 1) if config["device"] != "cpu" else 0,
+        gpu=GPU,
     log:
         "logs/random_walk/{variant}_{scatteritem}.log",
     benchmark:

@@ -16,7 +16,7 @@ rule train_seg:
         code=code_version("seg", "data"),
     threads: workflow.cores
     resources:
-        gpu=lambda wc: res("train_seg", "gpu", 1) if config["device"] != "cpu" else 0,
+        gpu=GPU,
     log:
         "logs/train_seg/train_seg.log",
     benchmark:

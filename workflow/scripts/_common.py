@@ -17,6 +17,7 @@ import torch
 
 from pole_core.data.voc import VOCDataset
 from pole_core.device import resolve_device
+from pole_core.io.checkpoint import seed_everything
 
 
 def setup(snakemake) -> logging.Logger:
@@ -42,6 +43,9 @@ def setup(snakemake) -> logging.Logger:
 def run(snakemake, main: Callable[[logging.Logger], None]) -> None:
     """Run a script's main; on error log one line (and the traceback to the log file) and exit 1."""
     log = setup(snakemake)
+    # The scripts build their networks (random initial weights) before the trainers seed:
+    # seed from the config first, so a job gives the same result wherever it runs.
+    seed_everything(int(snakemake.config.get("seed", 0)))
     try:
         main(log)
     except Exception as err:  # report, then fail the job
