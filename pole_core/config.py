@@ -73,10 +73,14 @@ def _check_semantics(config: dict[str, Any]) -> None:
     """Cross-key rules the schema cannot say."""
     data = config["data"]
     if data["source"] == "voc" and not data.get("root"):
-        raise ConfigError("config: data.root must name a VOCdevkit/VOC2012 folder when data.source is voc")
+        raise ConfigError(
+            "config: data.root must name a VOCdevkit/VOC2012 folder when data.source is voc"
+        )
     clip = config["clip"]
     if clip["source"] == "mini" and data["source"] != "world":
-        raise ConfigError("config: clip.source mini is trained on the demo world's captions; use data.source world")
+        raise ConfigError(
+            "config: clip.source mini is trained on the demo world's captions; use data.source world"
+        )
     variants = config["cam"]["variants"]
     if config["seg"]["variant"] not in variants:
         raise ConfigError(
@@ -137,7 +141,11 @@ def schema_markdown(schema: dict | None = None) -> str:
             if sub.get("type") == "object" and "properties" in sub:
                 default = ""
             desc = " ".join(str(sub.get("description", "")).split())
-            lines.append(f"| `{key}` | {typ} | `{default}` | {desc} |" if default != "" else f"| `{key}` | {typ} | | {desc} |")
+            lines.append(
+                f"| `{key}` | {typ} | `{default}` | {desc} |"
+                if default != ""
+                else f"| `{key}` | {typ} | | {desc} |"
+            )
             if sub.get("type") == "object":
                 walk(sub, key + ".")
 

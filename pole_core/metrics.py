@@ -26,13 +26,19 @@ class ConfusionMatrix:
         gt = np.asarray(gt).astype(np.int64).ravel()
         pred = np.asarray(pred).astype(np.int64).ravel()
         if gt.shape != pred.shape:
-            raise ValueError(f"ground truth and prediction differ in size: {gt.size} vs {pred.size}")
+            raise ValueError(
+                f"ground truth and prediction differ in size: {gt.size} vs {pred.size}"
+            )
         keep = gt != IGNORE
         gt, pred = gt[keep], pred[keep]
         bad = (gt < 0) | (gt >= self.n) | (pred < 0) | (pred >= self.n)
         if bad.any():
-            raise ValueError(f"label outside 0..{self.n - 1} (and {IGNORE}) in ground truth or prediction")
-        self.mat += np.bincount(gt * self.n + pred, minlength=self.n * self.n).reshape(self.n, self.n)
+            raise ValueError(
+                f"label outside 0..{self.n - 1} (and {IGNORE}) in ground truth or prediction"
+            )
+        self.mat += np.bincount(gt * self.n + pred, minlength=self.n * self.n).reshape(
+            self.n, self.n
+        )
 
     def iou(self) -> np.ndarray:
         """Per-label IoU in [0,1]; NaN where the label occurs in neither GT nor prediction."""
@@ -47,9 +53,7 @@ class ConfusionMatrix:
         return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
 
 
-def score(
-    pairs: Iterable[tuple[np.ndarray, np.ndarray]], class_names: Sequence[str]
-) -> dict:
+def score(pairs: Iterable[tuple[np.ndarray, np.ndarray]], class_names: Sequence[str]) -> dict:
     """mIoU (%) and per-class IoU (%) over (gt, pred) pairs; ``class_names`` excludes background."""
     names = ["background", *class_names]
     cm = ConfusionMatrix(len(names))
@@ -60,7 +64,10 @@ def score(
     iou = cm.iou()
     return {
         "miou": round(100.0 * cm.miou(), 4),
-        "per_class": {name: (None if np.isnan(v) else round(100.0 * float(v), 4)) for name, v in zip(names, iou, strict=True)},
+        "per_class": {
+            name: (None if np.isnan(v) else round(100.0 * float(v), 4))
+            for name, v in zip(names, iou, strict=True)
+        },
         "n_images": n,
     }
 

@@ -162,7 +162,7 @@ def test_name_rate_per_class(cls):
         assert any(w in cap for w in (prompt, *WORLD_SYNONYMS[cls], *takers))
         hits += f" {prompt} " in cap
     p = DEFAULT_NAME_RATE[cls]
-    for other, (target, rate) in DEFAULT_POLYSEMY.items():  # another class's name may take over
+    for target, rate in DEFAULT_POLYSEMY.values():  # another class's name may take over
         if target == cls:
             p = p * (1 - rate)
     assert abs(hits / n - p) < 4 * np.sqrt(p * (1 - p) / n) + 0.005
@@ -246,7 +246,9 @@ def test_corpus_has_object_only_and_empty_scenes():
         corner = img[:4, :4].reshape(-1, 3).mean(0)
         if not words & set(BACKGROUNDS) and np.abs(corner - np.asarray(PLAIN_FILL)).max() < 35:
             n_plain += 1  # objects on a plain backdrop, caption names no place
-        if cap.startswith(("a photo of the", "a picture of the", "an image of the", "there is the")):
+        if cap.startswith(
+            ("a photo of the", "a picture of the", "an image of the", "there is the")
+        ):
             n_empty += 1
             assert len(words & set(WORLD_SYNONYMS["boat"] + WORLD_SYNONYMS["cat"])) == 0
     assert 0.2 < n_plain / 300 < 0.4

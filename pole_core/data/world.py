@@ -272,7 +272,9 @@ def make_caption(
     return " ".join(w for w in words if w) + " ."
 
 
-def make_background_caption(background: str, rng: np.random.Generator, *, spec: WorldSpec | None = None) -> str:
+def make_background_caption(
+    background: str, rng: np.random.Generator, *, spec: WorldSpec | None = None
+) -> str:
     """Caption of an empty scene ("a photo of the water ."); polysemous names apply as in captions."""
     spec = spec or WorldSpec()
     prefix = CAPTION_PREFIXES[int(rng.integers(len(CAPTION_PREFIXES)))]
@@ -285,7 +287,9 @@ def make_background_caption(background: str, rng: np.random.Generator, *, spec: 
     return f"{prefix} the {word} ."
 
 
-def make_corpus_pair(rng: np.random.Generator, spec: WorldSpec | None = None) -> tuple[np.ndarray, str]:
+def make_corpus_pair(
+    rng: np.random.Generator, spec: WorldSpec | None = None
+) -> tuple[np.ndarray, str]:
     """One image-caption pair of the CLIP corpus: a scene, its objects on a plain backdrop, or an empty scene."""
     spec = spec or WorldSpec()
     u = rng.random()
@@ -293,7 +297,9 @@ def make_corpus_pair(rng: np.random.Generator, spec: WorldSpec | None = None) ->
         scene = make_scene(rng, spec)
         img = scene.image.astype(np.float32)
         if u < OBJECT_ONLY_RATE:
-            fill = np.asarray(PLAIN_FILL, np.float32) + rng.uniform(-20, 20, size=3).astype(np.float32)
+            fill = np.asarray(PLAIN_FILL, np.float32) + rng.uniform(-20, 20, size=3).astype(
+                np.float32
+            )
             img[scene.mask == 0] = fill
             caption = make_caption(scene.present, None, rng, spec=spec)
         else:

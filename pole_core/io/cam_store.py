@@ -31,7 +31,9 @@ class CamWriter:
         for key, value in (attrs or {}).items():
             self._file.attrs[key] = value
 
-    def add(self, image_id: str, cam: np.ndarray, keys: np.ndarray, cam_s4: np.ndarray | None = None) -> None:
+    def add(
+        self, image_id: str, cam: np.ndarray, keys: np.ndarray, cam_s4: np.ndarray | None = None
+    ) -> None:
         """Store one image's CAM [k,H,W] (values in [0,1]) and its class keys [k]."""
         grp = self._file.create_group(image_id)
         cam = np.asarray(cam, dtype=np.float16)

@@ -58,7 +58,9 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
                 if arr.size and arr.max() > 255:
                     raise ValueError(f"{path}: 16-bit mask has values above 255")
             else:
-                raise ValueError(f"{path}: mask PNG must be palette or grayscale, got mode {img.mode}")
+                raise ValueError(
+                    f"{path}: mask PNG must be palette or grayscale, got mode {img.mode}"
+                )
     except (OSError, SyntaxError) as err:
         raise ValueError(f"{path}: unreadable mask ({err})") from None
     return arr.astype(np.uint8)

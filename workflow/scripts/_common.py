@@ -112,7 +112,9 @@ def bg_words(cam_cfg: dict, root: Path) -> list[str]:
 
     classes_json = Path(root) / "classes.json"
     if not classes_json.is_file():
-        raise ValueError("config: cam.bg_words is empty and the dataset has no classes.json to take them from")
+        raise ValueError(
+            "config: cam.bg_words is empty and the dataset has no classes.json to take them from"
+        )
     return list(read_json(classes_json)["bg_words"])
 
 
@@ -123,7 +125,9 @@ def candidates(prompt_cfg: dict, root: Path) -> dict[str, list[str]]:
     bank = load_classes(Path(root))
     unknown = sorted(set(prompt_cfg["synonyms"]) - set(bank.names))
     if unknown:
-        raise ValueError(f"config: prompts.synonyms names unknown class {unknown[0]!r} (classes: {', '.join(bank.names)})")
+        raise ValueError(
+            f"config: prompts.synonyms names unknown class {unknown[0]!r} (classes: {', '.join(bank.names)})"
+        )
     out = {}
     for name, prompt in zip(bank.names, bank.prompts, strict=True):
         syn = prompt_cfg["synonyms"].get(name, bank.synonyms.get(name, []))
@@ -140,7 +144,9 @@ def find_in_shards(shard_dirs: list[str], sub: str) -> Callable[[str], Path]:
 
     def path(image_id: str) -> Path:
         if image_id not in index:
-            raise FileNotFoundError(f"{shard_dirs[0]}/../*/{sub}/{image_id}.png: no label for image {image_id!r}")
+            raise FileNotFoundError(
+                f"{shard_dirs[0]}/../*/{sub}/{image_id}.png: no label for image {image_id!r}"
+            )
         return index[image_id]
 
     return path

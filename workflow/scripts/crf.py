@@ -15,7 +15,9 @@ def main(log):
     shard, n = shard_index(snakemake.wildcards.scatteritem)
     out = Path(snakemake.output[0])
     train_ids = shard_ids(ids(ds, snakemake.params.split, snakemake.params.max_images), n, shard)
-    eval_ids = shard_ids(ids(ds, snakemake.params.eval_split, snakemake.params.max_images), n, shard)
+    eval_ids = shard_ids(
+        ids(ds, snakemake.params.eval_split, snakemake.params.max_images), n, shard
+    )
     eval_bg = c.pop("eval_bg_thresh")
     if eval_bg is None:
         eval_bg = read_json(snakemake.input.cam_eval)["best_threshold"]
@@ -23,7 +25,13 @@ def main(log):
     stats = run_crf_shard(ds, train_ids, snakemake.input.cams, out / "labels", mode="ir_label", **c)
     log.info("confident labels for %d images: %s", len(train_ids), stats)
     stats = run_crf_shard(
-        ds, eval_ids, snakemake.input.cams, out / "refined", mode="refine", cam_bg_thresh=eval_bg, **c
+        ds,
+        eval_ids,
+        snakemake.input.cams,
+        out / "refined",
+        mode="refine",
+        cam_bg_thresh=eval_bg,
+        **c,
     )
     log.info("CRF-refined CAMs (bg %.2f) for %d images: %s", eval_bg, len(eval_ids), stats)
 

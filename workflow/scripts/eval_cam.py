@@ -12,7 +12,12 @@ def main(log):
     result = eval_cams(snakemake.input.cams, ds, eval_ids, snakemake.params.thresholds)
     result["split"] = snakemake.params.split
     write_json(snakemake.output[0], result)
-    log.info("CAM %s: mIoU %.2f at threshold %s", snakemake.wildcards.variant, result["miou"], result["best_threshold"])
+    log.info(
+        "CAM %s: mIoU %.2f at threshold %s",
+        snakemake.wildcards.variant,
+        result["miou"],
+        result["best_threshold"],
+    )
 
 
 run(snakemake, main)

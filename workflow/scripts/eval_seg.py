@@ -25,7 +25,16 @@ def main(log):
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))
     try:
-        predict_dataset(net, ds, val_ids, tmp, scales=tuple(s["eval_scales"]), flip=s["eval_flip"], crf=crf, device=dev)
+        predict_dataset(
+            net,
+            ds,
+            val_ids,
+            tmp,
+            scales=tuple(s["eval_scales"]),
+            flip=s["eval_flip"],
+            crf=crf,
+            device=dev,
+        )
         result = evaluate_dir(tmp, ds, val_ids)
         os.replace(tmp, out)
     except BaseException:

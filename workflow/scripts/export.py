@@ -14,8 +14,14 @@ def main(log):
     mmseg = export_mmseg(snakemake.input.masks, ds, train_ids, val_ids, snakemake.output.mmseg)
     write_json(
         snakemake.output.manifest,
-        {"voc": str(snakemake.output.voc), "mmseg": str(snakemake.output.mmseg), "n_train": len(train_ids),
-         "n_val": len(val_ids), "classes": list(ds.class_names), "details": {"voc": voc, "mmseg": mmseg}},
+        {
+            "voc": str(snakemake.output.voc),
+            "mmseg": str(snakemake.output.mmseg),
+            "n_train": len(train_ids),
+            "n_val": len(val_ids),
+            "classes": list(ds.class_names),
+            "details": {"voc": voc, "mmseg": mmseg},
+        },
     )
     log.info("exported %d train / %d val images", len(train_ids), len(val_ids))
 

@@ -35,11 +35,16 @@ def main(log):
     columns[f"{p.seg_variant} pseudo-mask"] = lambda i: read_mask(masks / f"{i}.png")
     columns["segmenter"] = lambda i: predict(seg, ds.image(i)).argmax(0).astype(np.uint8)
     overlay_grid(ds, shown, columns, snakemake.output.overlays, n=p.n_images)
-    curves = {v: read_json(path)["curve"] for v, path in zip(p.variants, snakemake.input.evals, strict=True)}
+    curves = {
+        v: read_json(path)["curve"]
+        for v, path in zip(p.variants, snakemake.input.evals, strict=True)
+    }
     threshold_curve(curves, snakemake.output.curve)
     bank = load_classes(ds.root)
     prompt_histogram(
-        read_json(snakemake.input.histogram), snakemake.output.histogram, dict(zip(bank.names, bank.prompts, strict=True))
+        read_json(snakemake.input.histogram),
+        snakemake.output.histogram,
+        dict(zip(bank.names, bank.prompts, strict=True)),
     )
     for f in cams.values():
         f.close()

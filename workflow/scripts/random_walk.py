@@ -12,7 +12,9 @@ def main(log):
     rw = snakemake.params.rw
     ds = dataset(snakemake)
     shard, n = shard_index(snakemake.wildcards.scatteritem)
-    my_ids = shard_ids(union_ids(ds, snakemake.params.splits, snakemake.params.max_images), n, shard)
+    my_ids = shard_ids(
+        union_ids(ds, snakemake.params.splits, snakemake.params.max_images), n, shard
+    )
     dev = device(snakemake)
     cam_net, _, _ = load_cam_net(snakemake.input.cam_net, dev)
     net = load_affinity_net(cam_net.features, snakemake.input.affinity, map_location=dev)

@@ -52,8 +52,14 @@ def main(log):
         widths=tuple(cam["widths"]),
         weights=cam["weights"],
     )
-    log.info("variant %s: %d images, prompts=%s, adapters=%s, weights=%s",
-             snakemake.wildcards.variant, len(train_ids), variant["prompts"], variant["adapters"], variant["loss_weights"])
+    log.info(
+        "variant %s: %d images, prompts=%s, adapters=%s, weights=%s",
+        snakemake.wildcards.variant,
+        len(train_ids),
+        variant["prompts"],
+        variant["adapters"],
+        variant["loss_weights"],
+    )
     weights = dict(variant["loss_weights"])
     cls_weight = weights.pop("cls", 0.0)
     stats = train_cam(

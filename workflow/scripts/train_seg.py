@@ -27,7 +27,9 @@ def main(log):
         seed=snakemake.params.seed,
         mask_fn=lambda image_id: read_mask(masks / f"{image_id}.png"),
     )
-    net = build_seg_net(s["backbone"], ds.n_classes + 1, weights=s["weights"], widths=tuple(s["widths"]))
+    net = build_seg_net(
+        s["backbone"], ds.n_classes + 1, weights=s["weights"], widths=tuple(s["widths"])
+    )
     stats = train_seg(
         net,
         items,
