@@ -9,7 +9,7 @@ rule train_cam:
     output:
         f"{R}/cam_net/{{variant}}/model.pt",
     params:
-        cam=config["cam"],
+        cam={k: v for k, v in config["cam"].items() if k != "variants"},
         variant=lambda wc: variant_settings(config, wc.variant),
         clip=config["clip"],
         split=config["data"]["train_split"],
