@@ -1,14 +1,20 @@
-"""The real DAG on config/smoke.yaml: it runs end to end, and a parameter change reruns only what it affects."""
+"""The real DAG on config/smoke.yaml: it runs end to end, and a change reruns only what it affects.
+
+The rerun table (`RERUN_CASES`) is the source of the table in README.md ("What a change
+reruns"); `test_readme_rerun_table_matches_the_tests` keeps the two in step.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
-from workflow_utils import planned_jobs, snakemake
+from workflow_utils import REPO, planned_jobs, snakemake
 
-STAGES_ALL = {
+# Every rule of the DAG, in pipeline order (the order of the README table).
+STAGES = [
     "world",
     "clip_pretrain",
     "clip_zeroshot",
@@ -29,22 +35,106 @@ STAGES_ALL = {
     "summary",
     "figures",
     "all",
+]
+STAGES_ALL = set(STAGES)
+
+# Job counts on config/smoke.yaml: 2 variants (baseline, pole), 2 shards for cams, crf, rw.
+FULL = {
+    "world": 1,
+    "clip_pretrain": 1,
+    "clip_zeroshot": 1,
+    "train_cam": 2,
+    "extract_cams": 4,
+    "gather_cams": 2,
+    "eval_cam": 2,
+    "select_prompts": 1,
+    "crf": 4,
+    "eval_crf": 2,
+    "train_affinity": 2,
+    "random_walk": 4,
+    "pseudo_masks": 2,
+    "eval_pseudo": 2,
+    "export": 1,
+    "train_seg": 1,
+    "eval_seg": 1,
+    "summary": 1,
+    "figures": 1,
+    "all": 1,
+}
+SEG_AND_AFTER = {"train_seg": 1, "eval_seg": 1, "summary": 1, "figures": 1, "all": 1}
+RW_AND_AFTER = {
+    "random_walk": 4,
+    "pseudo_masks": 2,
+    "eval_pseudo": 2,
+    "export": 1,
+    **SEG_AND_AFTER,
+}
+CRF_AND_AFTER = {"crf": 4, "eval_crf": 2, "train_affinity": 2, **RW_AND_AFTER}
+# One variant's chain (pole) from its CAM network on: 2 shards each, 1 of the rest.
+POLE_CHAIN = {
+    "train_cam": 1,
+    "extract_cams": 2,
+    "gather_cams": 1,
+    "eval_cam": 1,
+    "crf": 2,
+    "eval_crf": 1,
+    "train_affinity": 1,
+    "random_walk": 2,
+    "pseudo_masks": 1,
+    "eval_pseudo": 1,
+    "export": 1,
+    **SEG_AND_AFTER,
 }
 
+# Adding an ablation variant: its own chain up to its scores, then the summary and figures
+# (the segmenter trains on seg.variant = pole, so export/train_seg/eval_seg stay cached).
+BASE_VARIANTS = (
+    "baseline: {prompts: names, adapters: false, loss_weights: {otm: 10, btm: 24, cbs: 1, "
+    "reg: 0.2}}, pole: {prompts: selected}"
+)
+NEW_VARIANT = "pole_noadapt: {prompts: selected, adapters: false}"
+NEW_VARIANT_CHAIN = {
+    k: v for k, v in POLE_CHAIN.items() if k not in ("export", "train_seg", "eval_seg")
+}
+PER_VARIANT = set(NEW_VARIANT_CHAIN) - {"summary", "figures", "all"}
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    """One full run of the smoke DAG, shared by the tests of this module."""
-    work = tmp_path_factory.mktemp("smoke")
-    snakemake(work)
-    return work
+# (what changes, how, exact {rule: jobs} of the dry run afterwards)
+RERUN_CASES = [
+    ("the world", "world={n_train: 25}", FULL),
+    (
+        "CLIP pretraining",
+        "clip={pretrain: {lr: 0.001}}",
+        {k: v for k, v in FULL.items() if k != "world"},
+    ),
+    ("a CRF parameter", "crf={bi_srgb: 3}", CRF_AND_AFTER),
+    (
+        "the CAM threshold sweep",
+        "eval={cam_bg_thresholds: {start: 0.1, stop: 0.6, step: 0.1}}",
+        {"eval_cam": 2, **CRF_AND_AFTER},
+    ),
+    ("a random-walk parameter", "random_walk={beta: 8}", RW_AND_AFTER),
+    ("a segmenter training parameter", "seg={epochs: 3}", SEG_AND_AFTER),
+    ("the synonym bank", "prompts={synonyms: {boat: [ship]}}", {"select_prompts": 1, **POLE_CHAIN}),
+    ("the figures", "report={n_images: 3}", {"figures": 1, "all": 1}),
+    (
+        "a new CAM variant",
+        f"cam={{variants: {{{BASE_VARIANTS}, {NEW_VARIANT}}}}}",
+        NEW_VARIANT_CHAIN,
+    ),
+]
+
+# (edited pole_core module, exact {rule: jobs}). code_version hashes whole pole_core
+# packages, so an edit reruns every rule that imports anything from the module's package.
+EDIT_CASES = [
+    ("pole_core/refine/random_walk.py", CRF_AND_AFTER),
+    ("pole_core/seg/train.py", SEG_AND_AFTER),
+]
 
 
 def test_fresh_dry_run_plans_every_stage(tmp_path):
     jobs = planned_jobs(tmp_path)
     assert set(jobs) == STAGES_ALL
-    assert jobs["train_cam"] == 2  # baseline and pole
-    assert jobs["extract_cams"] == 4  # 2 variants x 2 shards
+    assert jobs == FULL
 
 
 def test_smoke_dag_runs_end_to_end(smoke_run):
@@ -68,17 +158,83 @@ def test_smoke_dag_runs_end_to_end(smoke_run):
     assert planned_jobs(smoke_run) == {}
 
 
-def test_world_change_reruns_world_and_downstream(smoke_run):
-    jobs = planned_jobs(smoke_run, "--config", "world={n_train: 25}")
-    assert (
-        "world" in jobs and "clip_pretrain" in jobs and "train_cam" in jobs and "train_seg" in jobs
+@pytest.mark.parametrize(
+    ("what", "change", "expected"), RERUN_CASES, ids=[c[0] for c in RERUN_CASES]
+)
+def test_a_change_reruns_exactly_its_stages(smoke_run, what, change, expected):
+    jobs = planned_jobs(smoke_run, "--config", change)
+    assert jobs == expected, f"{what} ({change}): planned {jobs}"
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory) -> Path:
+    """The repository's code (Snakefile, workflow/, pole_core/, config/, profiles/), mtimes kept."""
+    skip_top = {".venv", ".git", ".snakemake", "logs", "benchmarks", ".pytest_cache", ".ruff_cache"}
+
+    def ignore(folder, names):
+        out = {n for n in names if n == "__pycache__"}
+        if Path(folder) == REPO:
+            out |= {n for n in names if n in skip_top or n.startswith("results")}
+        return out
+
+    dst = tmp_path_factory.mktemp("repo_copy") / "repo"
+    shutil.copytree(REPO, dst, ignore=ignore, symlinks=True)
+    return dst
+
+
+def test_an_unchanged_copy_of_the_code_reruns_nothing(smoke_run, repo_copy):
+    # The control for the edit cases: another checkout of the same code is not a change.
+    assert planned_jobs(smoke_run, snakefile=repo_copy / "Snakefile") == {}
+
+
+@pytest.mark.parametrize(("module", "expected"), EDIT_CASES, ids=[c[0] for c in EDIT_CASES])
+def test_a_pole_core_edit_reruns_the_rules_that_import_it(smoke_run, repo_copy, module, expected):
+    path = repo_copy / module
+    original = path.read_text()
+    path.write_text(original + "# an edit\n")
+    try:
+        jobs = planned_jobs(smoke_run, snakefile=repo_copy / "Snakefile")
+    finally:
+        path.write_text(original)
+    assert jobs == expected, f"edit of {module}: planned {jobs}"
+    assert not {"world", "clip_pretrain", "train_cam", "extract_cams"} & set(jobs)
+
+
+def _fmt_jobs(jobs: dict[str, int], total: dict[str, int]) -> str:
+    """'crf, train_cam (1 of 2)': a rule alone when all its jobs run, else k of n."""
+    return ", ".join(
+        r if jobs[r] == total[r] else f"{r} ({jobs[r]} of {total[r]})"
+        for r in STAGES
+        if r in jobs and r != "all"
     )
 
 
-def test_clip_training_change_does_not_rerun_world(smoke_run):
-    jobs = planned_jobs(smoke_run, "--config", "clip={pretrain: {lr: 0.001}}")
-    assert "clip_pretrain" in jobs and "train_cam" in jobs
-    assert "world" not in jobs
+def rerun_table_markdown() -> str:
+    """The README table of what a change reruns, rendered from the cases tested above."""
+    lines = [
+        "| change | rules that run again | rules that stay cached |",
+        "|---|---|---|",
+    ]
+    three = {r: n * 3 // 2 if r in PER_VARIANT else n for r, n in FULL.items()}
+    rows = []
+    for what, change, jobs in RERUN_CASES:
+        if what == "a new CAM variant":  # 3 variants now: counts out of 3
+            rows.append((f"{what}: `{NEW_VARIANT}` in `cam.variants`", jobs, three))
+        else:
+            rows.append((f"{what}: `{change}`", jobs, FULL))
+    rows += [(f"an edit of `{module}`", jobs, FULL) for module, jobs in EDIT_CASES]
+    for label, jobs, total in rows:
+        kept = ", ".join(r for r in STAGES if r not in jobs and r != "all") or "none"
+        lines.append(f"| {label} | {_fmt_jobs(jobs, total)} | {kept} |")
+    return "\n".join(lines)
+
+
+def test_readme_rerun_table_matches_the_tests():
+    readme = (REPO / "README.md").read_text()
+    table = rerun_table_markdown()
+    assert table in readme, (
+        "README.md's rerun table differs from tests/test_workflow.py; paste this:\n" + table
+    )
 
 
 def test_bad_config_stops_with_one_line_naming_the_key(tmp_path):
@@ -88,3 +244,12 @@ def test_bad_config_stops_with_one_line_naming_the_key(tmp_path):
     proc = snakemake(tmp_path, "--dry-run", "--config", "sede=1", check=False)
     assert proc.returncode != 0
     assert "config: unknown key sede" in proc.stdout + proc.stderr
+
+
+def test_nested_config_values_from_the_command_line_get_their_types(tmp_path):
+    # Snakemake reads `crf={bi_srgb: 3}` with YAML's BaseLoader (every scalar a string);
+    # common.smk converts by the schema, and a value that does not parse still fails.
+    assert planned_jobs(tmp_path, "--config", "crf={bi_srgb: 3, iters: 2}", "cams={flip: false}")
+    proc = snakemake(tmp_path, "--dry-run", "--config", "crf={iters: many}", check=False)
+    assert proc.returncode != 0
+    assert "config: crf.iters = 'many' is not of type integer" in proc.stdout + proc.stderr

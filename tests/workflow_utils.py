@@ -12,18 +12,17 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def snakemake(
+def snakemake_cmd(
     workdir: Path,
     *args: str,
     configfile: str = "config/smoke.yaml",
-    check: bool = True,
-    timeout: int = 900,
-):
-    """Run snakemake on the repo's Snakefile with `workdir` as working directory."""
-    cmd = [
+    snakefile: Path | None = None,
+) -> list[str]:
+    """The snakemake command line: the repo's Snakefile (or `snakefile`), `workdir` as working directory."""
+    return [
         *SNAKEMAKE,
         "--snakefile",
-        str(REPO / "Snakefile"),
+        str(snakefile or REPO / "Snakefile"),
         "--directory",
         str(workdir),
         "--configfile",
@@ -32,6 +31,18 @@ def snakemake(
         "2",
         *args,
     ]
+
+
+def snakemake(
+    workdir: Path,
+    *args: str,
+    configfile: str = "config/smoke.yaml",
+    check: bool = True,
+    timeout: int = 900,
+    snakefile: Path | None = None,
+):
+    """Run snakemake on the repo's Snakefile (or `snakefile`) with `workdir` as working directory."""
+    cmd = snakemake_cmd(workdir, *args, configfile=configfile, snakefile=snakefile)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
@@ -42,10 +53,13 @@ def snakemake(
 
 
 def planned_jobs(
-    workdir: Path, *args: str, configfile: str = "config/smoke.yaml"
+    workdir: Path,
+    *args: str,
+    configfile: str = "config/smoke.yaml",
+    snakefile: Path | None = None,
 ) -> dict[str, int]:
     """The jobs a dry run would execute, as {rule: count} (from the 'Job stats' table)."""
-    proc = snakemake(workdir, "--dry-run", *args, configfile=configfile)
+    proc = snakemake(workdir, "--dry-run", *args, configfile=configfile, snakefile=snakefile)
     text = proc.stdout + proc.stderr
     if "Nothing to be done" in text:
         return {}

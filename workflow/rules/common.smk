@@ -5,8 +5,44 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir)))
 
-from pole_core.config import ConfigError, validate_config, variant_settings, thresholds
+import yaml
 
+from pole_core.config import ConfigError, load_schema, validate_config, variant_settings, thresholds
+
+_SCALARS = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
+
+
+def coerce_cli_strings(value, schema):
+    """Give `--config` values their schema types: Snakemake parses a nested value such as
+    `crf={bi_srgb: 3}` with YAML's BaseLoader, so every scalar in it arrives as a string
+    ('3'). A string is replaced only where the schema wants a non-string type and the text
+    parses to it ('abc' stays 'abc' and fails validation with its usual one line)."""
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        for k, v in value.items():
+            sub = props.get(k, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                value[k] = coerce_cli_strings(v, sub)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        value[:] = [coerce_cli_strings(v, schema["items"]) for v in value]
+    elif isinstance(value, str):
+        types = schema.get("type", [])
+        types = [types] if isinstance(types, str) else list(types)
+        if types and "string" not in types:
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+            for t in types:
+                py = _SCALARS.get(t)
+                if py is None or not isinstance(parsed, py):
+                    continue
+                if t == "boolean" or not isinstance(parsed, bool):  # True is an int in Python
+                    return parsed
+    return value
+
+
+coerce_cli_strings(config, load_schema())
 try:
     validate_config(config)
 except ConfigError as err:
@@ -20,6 +56,30 @@ MINI_CLIP = config["clip"]["source"] == "mini"
 
 if not WORLD and not Path(config["data"]["root"]).is_dir():
     raise WorkflowError(f"{config['data']['root']}: dataset root not found (config data.root)")
+
+
+def class_names():
+    """The dataset's class names, known before anything runs (the world's follow from its size)."""
+    if WORLD:
+        from pole_core.data.world import WORLD_CLASSES
+
+        return list(WORLD_CLASSES[: config["world"]["n_classes"]])
+    from pole_core.data.voc import DataError, load_classes
+
+    try:
+        return load_classes(config["data"]["root"]).names
+    except DataError as err:
+        raise WorkflowError(str(err)) from None
+
+
+# A typo in the synonym bank would otherwise surface only at select_prompts, after the
+# baseline CAM network has been trained.
+_unknown = sorted(set(config["prompts"]["synonyms"]) - set(class_names()))
+if _unknown:
+    raise WorkflowError(
+        f"config: prompts.synonyms names unknown class {_unknown[0]!r} "
+        f"(classes: {', '.join(class_names())})"
+    )
 
 scattergather:
     cams=config["cams"]["shards"],
