@@ -23,7 +23,7 @@ def two_region_image(h: int = 48, w: int = 48, split: int = 24, noise: float = 4
 
 
 class FakeDataset:
-    """The slice of VOCDataset the refine stage uses: image, mask, class_names, ids, root."""
+    """The slice of VOCDataset the refine stage uses: image, mask, labels, class_names, ids, root."""
 
     def __init__(
         self, images: dict[str, np.ndarray], masks: dict[str, np.ndarray], class_names, root=None
@@ -40,6 +40,13 @@ class FakeDataset:
 
     def mask(self, image_id: str) -> np.ndarray:
         return self._masks[image_id]
+
+    def labels(self, image_id: str) -> np.ndarray:
+        """Multi-hot image label derived from the mask, as VOCDataset does without cls_labels."""
+        present = np.unique(self._masks[image_id])
+        out = np.zeros(len(self.class_names), dtype=np.float32)
+        out[[int(c) - 1 for c in present if 0 < c < 255]] = 1.0
+        return out
 
 
 def make_world(tmp: Path, n: int = 6, size: int = 40, n_classes: int = 3, write_voc: bool = False):

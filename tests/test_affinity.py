@@ -10,7 +10,6 @@ from torch import nn
 
 from pole_core.io.png import write_mask
 from pole_core.refine.affinity import (
-    AffinityCrops,
     AffinityNet,
     FeatureExtractor,
     affinity_from_boundary,
@@ -226,20 +225,28 @@ def test_uint8_items_are_accepted(tmp_path):
         path_index(1)
 
 
-def test_affinity_crops_pad_flip_and_repeat(tmp_path):
+def test_trains_on_augmented_crops_of_crf_labels(tmp_path):
+    """The pipeline feeds the boundary head AugmentedDataset crops with the CRF labels as masks."""
+    from pole_core.data.transforms import AugmentedDataset
+    from pole_core.io.png import read_mask
+
     ds, _ = make_world(tmp_path, n=3)
     labels = tmp_path / "crf"
     for image_id in ds.ids():
         write_mask(labels / f"{image_id}.png", ds.mask(image_id))
-    crops = AffinityCrops(ds, ds.ids(), labels, crop_size=48, scale_range=(0.9, 1.1))
-    torch.manual_seed(3)
-    a = crops[1]
-    torch.manual_seed(3)
-    b = crops[1]
+    crops = AugmentedDataset(
+        ds,
+        ds.ids(),
+        resize_long=None,
+        crop_size=48,
+        flip=True,
+        seed=3,
+        mask_fn=lambda i: read_mask(labels / f"{i}.png"),
+    )
+    a, b = crops[1], crops[1]
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
     assert a["image"].shape == (3, 48, 48) and a["mask"].shape == (48, 48)
-    assert float(a["image"].min()) >= 0 and float(a["image"].max()) <= 1
-    # the crop is larger than the image: padding is image 0 / label 255
+    # the crop is larger than the image: padding is label 255
     assert (a["mask"] == 255).any() and set(a["mask"].unique().tolist()) <= {0, 2, 255}
     res = train_affinity(
         _net(),

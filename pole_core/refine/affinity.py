@@ -51,7 +51,6 @@ __all__ = [
     "FeatureExtractor",
     "BoundaryHead",
     "AffinityNet",
-    "AffinityCrops",
     "train_affinity",
     "predict_boundary",
     "load_affinity_net",
@@ -352,73 +351,6 @@ def load_affinity_net(
 
 
 # --------------------------------------------------------------------------- data
-
-
-class AffinityCrops(torch.utils.data.Dataset):
-    """IRNet's affinity training items: random rescale, flip, crop of (image, CRF label).
-
-    ``dataset.image(id)`` gives uint8 H×W×3; labels are read from
-    ``label_dir/<id>.png`` (0 bg, 1..C, 255 uncertain). Crops are padded with 0
-    (image) / 255 (label). Randomness comes from torch's global generator, which
-    :func:`train_affinity` seeds and checkpoints, so a resumed run is exact.
-    """
-
-    def __init__(
-        self,
-        dataset: Any,
-        ids: Sequence[str],
-        label_dir: str | os.PathLike,
-        *,
-        crop_size: int = 512,
-        scale_range: tuple[float, float] = (0.5, 1.5),
-        flip: bool = True,
-    ):
-        self.dataset = dataset
-        self.ids = list(ids)
-        self.label_dir = Path(label_dir)
-        self.crop_size = int(crop_size)
-        self.scale_range = scale_range
-        self.flip = flip
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        from ..io.png import read_mask
-
-        image_id = self.ids[i]
-        img = torch.from_numpy(np.ascontiguousarray(self.dataset.image(image_id)))
-        img = img.permute(2, 0, 1).float().div(255.0)
-        lab = torch.from_numpy(read_mask(self.label_dir / f"{image_id}.png").astype(np.int64))
-        if lab.shape != img.shape[1:]:
-            raise ValueError(f"{self.label_dir / image_id}.png: size {tuple(lab.shape)} != image")
-        lo, hi = self.scale_range
-        s = lo + (hi - lo) * float(torch.rand(()))
-        if abs(s - 1.0) > 1e-6:
-            size = (max(1, round(img.shape[1] * s)), max(1, round(img.shape[2] * s)))
-            img = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]
-            lab = F.interpolate(lab[None, None].float(), size=size, mode="nearest")[0, 0].long()
-        if self.flip and bool(torch.rand(()) < 0.5):
-            img, lab = img.flip(-1), lab.flip(-1)
-        return _random_crop(img, lab, self.crop_size)
-
-
-def _random_crop(img: Tensor, lab: Tensor, size: int) -> dict[str, Tensor]:
-    """Crop (or pad) to size×size at a random place; padding is image 0, label 255."""
-    _, h, w = img.shape
-    out_img = img.new_zeros((3, size, size))
-    out_lab = lab.new_full((size, size), IGNORE)
-
-    def place(n: int) -> tuple[int, int]:  # (offset in container, offset in source)
-        span = abs(n - size)
-        off = int(torch.randint(0, span + 1, ())) if span else 0
-        return (0, off) if n > size else (off, 0)
-
-    (cy, sy), (cx, sx) = place(h), place(w)
-    ch, cw = min(size, h), min(size, w)
-    out_img[:, cy : cy + ch, cx : cx + cw] = img[:, sy : sy + ch, sx : sx + cw]
-    out_lab[cy : cy + ch, cx : cx + cw] = lab[sy : sy + ch, sx : sx + cw]
-    return {"image": out_img, "mask": out_lab}
 
 
 def _to_batch(item_list: list[dict[str, Any]]) -> tuple[Tensor, Tensor]:
