@@ -136,12 +136,17 @@ localrules:
 
 
 def final_outputs():
+    """Every file of the results contract, so a deleted one (not only a stale one) is rebuilt."""
     out = [
         f"{R}/summary.json",
         f"{R}/summary.md",
         f"{R}/figures/overlays.png",
         f"{R}/export/manifest.json",
+        f"{R}/prompts/selected.json",
+        f"{R}/seg/model.pt",
     ]
+    for v in VARIANTS:
+        out += [f"{R}/cam_net/{v}/model.pt", f"{R}/cams/{v}.h5", f"{R}/pseudo_masks/{v}"]
     if MINI_CLIP:
         out.append(f"{R}/eval/clip_zeroshot.json")
     return out
