@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.checkpoint import mismatch_summary
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -228,14 +230,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, name: st
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
-        parts = []
-        for label, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", wrong),
-        ):
-            if keys:
-                parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+        parts = mismatch_summary(missing, unexpected, wrong)
         raise ValueError(f"{path}: state dict does not match {name}: " + ", ".join(parts))
     backbone.load_state_dict(state, strict=True)
 

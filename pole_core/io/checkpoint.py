@@ -78,3 +78,12 @@ def file_hash(path: str | os.PathLike, n_bytes: int = 1 << 20) -> str:
             f.seek(max(size - n_bytes, n_bytes))
             h.update(f.read(n_bytes))
     return h.hexdigest()[:16]
+
+
+def mismatch_summary(missing: list[str], unexpected: list[str], wrong: list[str]) -> list[str]:
+    """Parts of a one-line state-dict mismatch error: "3 missing (e.g. layer1.0.conv1.weight)"."""
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if keys:
+            parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+    return parts

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.checkpoint import mismatch_summary
+
 BACKBONES = ("deeplabv3_resnet101", "deeplabv3_resnet50", "mini")
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
@@ -233,14 +235,7 @@ def load_weights(net: SegNet, path: str | os.PathLike) -> None:
         if k in own and own[k].shape != v.shape:
             (skip if k in last and own[k].shape[1:] == v.shape[1:] else wrong).append(k)
     if missing or unexpected or wrong:
-        parts = []
-        for label, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", wrong),
-        ):
-            if keys:
-                parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+        parts = mismatch_summary(missing, unexpected, wrong)
         raise ValueError(
             f"{path}: weights do not fit seg backbone {net.arch['backbone']!r} "
             f"with {net.n_classes} classes: {'; '.join(parts)}"
