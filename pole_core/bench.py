@@ -36,6 +36,7 @@ from .cam.extract import (
     extract_cams_reference,
     iter_cams,
     iter_cams_reference,
+    rescale_images,
 )
 from .device import resolve_device
 from .io.atomic import write_json
@@ -163,6 +164,52 @@ def _max_stored_diff(a: str | os.PathLike, b: str | os.PathLike) -> float:
     return worst
 
 
+def extraction_flops_per_image(
+    net: nn.Module, size: tuple[int, int], scales: Sequence[float], flip: bool
+) -> int:
+    """Floating-point operations of the CAM forwards one image needs (all scales and flips).
+
+    Counted by ``torch.utils.flop_counter`` (convolutions and matmuls): the work both the
+    reference loop and the batched path must do, whatever their batching.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dev = next(net.parameters()).device
+    x = torch.zeros(1, 3, *size, device=dev)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        for s in scales:
+            xs = rescale_images(x, s)
+            net.cam(torch.cat([xs, xs.flip(-1)]) if flip else xs)
+    return int(counter.get_total_flops())
+
+
+def conv_peak_gflops(device: torch.device, repeats: int = 5) -> float:
+    """fp32 GFLOP/s of one large, cache-friendly convolution: what this machine can reach.
+
+    The bound for any extraction speed-up: a path that runs its convolutions at this rate
+    can be at most ``peak / reference rate`` times faster than the reference.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device).eval()
+    x = torch.randn(16, 256, 32, 32, device=device)
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            conv(x)
+        flops = counter.get_total_flops()
+        conv(x)  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            conv(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - t)
+    return flops / best / 1e9
+
+
 def bench_cam_extract(
     out_json: str | os.PathLike,
     *,
@@ -237,6 +284,12 @@ def bench_cam_extract(
 
     t_reference = min(w for w, _ in runs["reference"])
     t_ours = min(w for w, _ in runs["ours"])
+    # Roofline: both paths do the same convolutions; how close each runs to the machine's
+    # conv peak bounds what any batching can gain here.
+    flops = extraction_flops_per_image(net, dataset.image_size(ids[0]), scales, flip)
+    peak = conv_peak_gflops(dev)
+    gflops_ref = flops * len(ids) / t_reference / 1e9
+    gflops_ours = flops * len(ids) / t_ours / 1e9
     cpu_reference = min(c for _, c in runs["reference"])
     cpu_ours = min(c for _, c in runs["ours"])
     result: dict[str, Any] = {
@@ -259,6 +312,14 @@ def bench_cam_extract(
         "runs_wall_cpu_s": {k: [[round(w, 4), round(c, 4)] for w, c in v] for k, v in runs.items()},
         "images_per_s_reference": round(len(ids) / t_reference, 2),
         "images_per_s_ours": round(len(ids) / t_ours, 2),
+        "gflop_per_image": round(flops / 1e9, 4),
+        "gflops_reference": round(gflops_ref, 2),
+        "gflops_ours": round(gflops_ours, 2),
+        "gflops_conv_peak": round(peak, 2),
+        "fraction_of_peak_reference": round(gflops_ref / peak, 3),
+        "fraction_of_peak_ours": round(gflops_ours / peak, 3),
+        "speedup_bound": round(peak / gflops_ref, 3),
+        "speedup_bound_note": "conv peak / reference rate: no fp32 path doing the same work beats it",
         "max_abs_diff": diff_fp32,
         "max_abs_diff_note": "fp32 maps before float16 storage, ours without AMP",
         "max_abs_diff_stored_fp16": diff_fp16,

@@ -18,6 +18,7 @@ STAGES = [
     "world",
     "clip_pretrain",
     "clip_zeroshot",
+    "pretrain_cam",
     "train_cam",
     "extract_cams",
     "gather_cams",
@@ -43,6 +44,7 @@ FULL = {
     "world": 1,
     "clip_pretrain": 1,
     "clip_zeroshot": 1,
+    "pretrain_cam": 1,
     "train_cam": 2,
     "extract_cams": 4,
     "gather_cams": 2,
@@ -104,7 +106,12 @@ RERUN_CASES = [
     (
         "CLIP pretraining",
         "clip={pretrain: {lr: 0.001}}",
-        {k: v for k, v in FULL.items() if k != "world"},
+        {k: v for k, v in FULL.items() if k not in ("world", "pretrain_cam")},
+    ),
+    (
+        "the CAM classifier start",
+        "cam={pretrain: {epochs: 2}}",
+        {k: v for k, v in FULL.items() if k not in ("world", "clip_pretrain", "clip_zeroshot")},
     ),
     ("a CRF parameter", "crf={bi_srgb: 3}", CRF_AND_AFTER),
     (
@@ -250,6 +257,12 @@ def test_nested_config_values_from_the_command_line_get_their_types(tmp_path):
     # Snakemake reads `crf={bi_srgb: 3}` with YAML's BaseLoader (every scalar a string);
     # common.smk converts by the schema, and a value that does not parse still fails.
     assert planned_jobs(tmp_path, "--config", "crf={bi_srgb: 3, iters: 2}", "cams={flip: false}")
+    # a value with alternatives (world.polysemy: a rate or {background, rate})
+    assert planned_jobs(
+        tmp_path,
+        "--config",
+        "world={polysemy: {boat: 0.5, aeroplane: {background: bird, rate: 1}}}",
+    )
     proc = snakemake(tmp_path, "--dry-run", "--config", "crf={iters: many}", check=False)
     assert proc.returncode != 0
     assert "config: crf.iters = 'many' is not of type integer" in proc.stdout + proc.stderr

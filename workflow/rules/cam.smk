@@ -1,11 +1,49 @@
 # Stages A and C: CLIP-guided CAM network per variant, multi-scale CAM extraction, CAM score.
 
+PRETRAIN_CAM_KEYS = (
+    "backbone",
+    "weights",
+    "strides",
+    "widths",
+    "resize_long",
+    "crop_size",
+    "flip",
+    "weight_decay",
+    "workers",
+    "pretrain",
+)
+
+
+rule pretrain_cam:
+    input:
+        data=data_root(),
+    output:
+        f"{R}/cam_net/init.pt",
+    params:
+        # only what the classifier depends on: CLIMS settings (epochs, lr, ...) do not rerun it
+        cam={k: config["cam"][k] for k in PRETRAIN_CAM_KEYS},
+        split=config["data"]["train_split"],
+        max_images=config["data"]["max_images"],
+        seed=config["seed"],
+        device=config["device"],
+        code=code_version("cam", "data"),
+    threads: workflow.cores
+    resources:
+        gpu=GPU,
+    log:
+        "logs/pretrain_cam.log",
+    benchmark:
+        "benchmarks/pretrain_cam.tsv"
+    script:
+        "../scripts/pretrain_cam.py"
+
 
 rule train_cam:
     input:
         data=data_root(),
         clip=clip_input(),
         prompts=prompts_input,
+        init=cam_init_input(),
     output:
         f"{R}/cam_net/{{variant}}/model.pt",
     params:

@@ -17,6 +17,11 @@ def coerce_cli_strings(value, schema):
     `crf={bi_srgb: 3}` with YAML's BaseLoader, so every scalar in it arrives as a string
     ('3'). A string is replaced only where the schema wants a non-string type and the text
     parses to it ('abc' stays 'abc' and fails validation with its usual one line)."""
+    for alt in schema.get("oneOf", []):  # the first alternative that gives the text a type
+        if isinstance(value, dict) == (alt.get("type") == "object"):
+            value = coerce_cli_strings(value, alt)
+            if not isinstance(value, str):
+                return value
     if isinstance(value, dict):
         props, extra = schema.get("properties", {}), schema.get("additionalProperties")
         for k, v in value.items():
@@ -99,6 +104,11 @@ def data_root():
 def clip_input():
     """The in-pipeline CLIP checkpoint when the mini-CLIP is used, else nothing to wait for."""
     return [f"{R}/clip/model.pt"] if MINI_CLIP else []
+
+
+def cam_init_input():
+    """The shared CAM classifier both variants start from, when cam.pretrain.epochs > 0."""
+    return [f"{R}/cam_net/init.pt"] if config["cam"]["pretrain"]["epochs"] > 0 else []
 
 
 def prompts_input(wildcards):

@@ -5,7 +5,7 @@ from pathlib import Path
 from _common import bg_words, clip_bundle, dataset, device, ids, run
 
 from pole_core.cam.network import build_cam_net
-from pole_core.cam.train import train_cam
+from pole_core.cam.train import load_cam_net, train_cam
 from pole_core.data.transforms import AugmentedDataset
 from pole_core.data.voc import load_classes
 from pole_core.io.atomic import read_json
@@ -45,13 +45,17 @@ def main(log):
         flip=cam["flip"],
         seed=snakemake.params.seed,
     )
-    net = build_cam_net(
-        cam["backbone"],
-        ds.n_classes,
-        strides=tuple(cam["strides"]),
-        widths=tuple(cam["widths"]),
-        weights=cam["weights"],
-    )
+    if snakemake.input.init:  # cam.pretrain: start from the shared CAM classifier
+        net = load_cam_net(snakemake.input.init[0])[0]
+        log.info("starting from the CAM classifier %s", snakemake.input.init[0])
+    else:
+        net = build_cam_net(
+            cam["backbone"],
+            ds.n_classes,
+            strides=tuple(cam["strides"]),
+            widths=tuple(cam["widths"]),
+            weights=cam["weights"],
+        )
     log.info(
         "variant %s: %d images, prompts=%s, adapters=%s, weights=%s",
         snakemake.wildcards.variant,
@@ -79,6 +83,7 @@ def main(log):
         adapter_ratio=cam["adapter_ratio"],
         adapter_reduction=cam["adapter_reduction"],
         cbs_thresh=cam["cbs_thresh"],
+        cbs_reduction=cam["cbs_reduction"],
         clamp=tuple(cam["clamp"]),
         cls_weight=cls_weight,
         seed=snakemake.params.seed,
