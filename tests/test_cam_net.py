@@ -32,6 +32,25 @@ def test_mini_shapes_stride_and_head():
     }
 
 
+@pytest.mark.parametrize(
+    ("backbone", "kw", "channels"),
+    [
+        ("mini", {"strides": (2, 2, 1, 1), "widths": (8, 8, 16, 16)}, [8, 8, 16, 16]),
+        ("resnet50", {}, [64, 256, 512, 1024, 2048]),
+    ],
+)
+def test_feature_levels_end_with_the_features(backbone, kw, channels):
+    # the boundary network reads every stage (IRNet); the last one is the CAM features
+    net = build_cam_net(backbone, 3, **kw).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        levels = net.feature_levels(x)
+        feats = net.features(x)
+    assert [f.shape[1] for f in levels] == channels
+    assert torch.equal(levels[-1], feats)
+    assert levels[0].shape[-1] > levels[-1].shape[-1]  # shallow levels are finer
+
+
 def test_mini_strides_apply():
     net = build_cam_net("mini", 3, strides=(2, 2, 2, 1), widths=(4, 4, 4, 4)).eval()
     assert net.stride == 8

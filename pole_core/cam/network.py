@@ -78,6 +78,13 @@ class ResNet50Backbone(nn.Module):
         """conv1 + bn1: frozen during CAM training, as in IRNet/CLIMS (low-level ImageNet filters)."""
         return [*self.conv1.parameters(), *self.bn1.parameters()]
 
+    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The five stage outputs IRNet's boundary branch reads (stem, layer1..layer4)."""
+        out = [self.maxpool(self.relu(self.bn1(self.conv1(x))))]
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            out.append(layer(out[-1]))
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
@@ -120,6 +127,14 @@ class MiniBackbone(nn.Module):
 
     def stem_parameters(self) -> list[nn.Parameter]:
         return []
+
+    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every stage's output, shallow (sharp) to deep (semantic)."""
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(x)
@@ -165,6 +180,14 @@ class CamNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone feature map of [0, 1] images (the affinity stage reuses it, frozen)."""
         return self.backbone((x - self._mean) / self._std)
+
+    def feature_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """All stage outputs of [0, 1] images; the last one is :meth:`features`.
+
+        The boundary network reads these (IRNet's edge branch): the deep map alone
+        only tells objects from background and cannot place a boundary.
+        """
+        return self.backbone.levels((x - self._mean) / self._std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

@@ -17,7 +17,7 @@ def main(log):
     )
     dev = device(snakemake)
     cam_net, _, _ = load_cam_net(snakemake.input.cam_net, dev)
-    net = load_affinity_net(cam_net.features, snakemake.input.affinity, map_location=dev)
+    net = load_affinity_net(cam_net.feature_levels, snakemake.input.affinity, map_location=dev)
     stats = run_random_walk_shard(
         ds,
         my_ids,

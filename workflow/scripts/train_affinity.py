@@ -26,7 +26,7 @@ def main(log):
     )
     dev = device(snakemake)
     cam_net, _, _ = load_cam_net(snakemake.input.cam_net, dev)
-    net = AffinityNet(cam_net.features)
+    net = AffinityNet(cam_net.feature_levels)
     stats = train_affinity(
         net,
         items,
