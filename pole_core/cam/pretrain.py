@@ -34,7 +34,7 @@ from ..io.checkpoint import (
     set_rng_state,
 )
 from .network import CamNet
-from .train import _poly_lr, partial_path
+from .train import _poly_lr, partial_path, save_cam_net
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -191,15 +191,7 @@ def pretrain_cam_classifier(
     }
     if stopped:
         return stats
-    save_checkpoint(
-        out_path,
-        {
-            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-            "adapters": None,
-            "arch": dict(net.arch),
-            "stats": stats,
-        },
-    )
+    save_cam_net(out_path, net, stats)
     part.unlink(missing_ok=True)
     return stats
 

@@ -404,17 +404,27 @@ def train_cam(
             "ratio": float(adapter_ratio),
             "state_dict": {k: v.detach().cpu() for k, v in adapter_mods.state_dict().items()},
         }
+    save_cam_net(out_path, net, stats, adapters_state)
+    part.unlink(missing_ok=True)
+    return stats
+
+
+def save_cam_net(
+    path: str | os.PathLike,
+    net: CamNet,
+    stats: dict[str, Any],
+    adapters: dict[str, Any] | None = None,
+) -> None:
+    """Write a CAM network in the layout :func:`load_cam_net` reads (atomically)."""
     save_checkpoint(
-        out_path,
+        path,
         {
             "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-            "adapters": adapters_state,
+            "adapters": adapters,
             "arch": dict(net.arch),
             "stats": stats,
         },
     )
-    part.unlink(missing_ok=True)
-    return stats
 
 
 def load_cam_net(
@@ -459,4 +469,4 @@ def load_cam_net(
     return net, adapters, meta
 
 
-__all__ = ["build_adapters", "load_cam_net", "partial_path", "train_cam"]
+__all__ = ["build_adapters", "load_cam_net", "partial_path", "save_cam_net", "train_cam"]

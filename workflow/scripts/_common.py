@@ -104,6 +104,34 @@ def clip_bundle(snakemake):
     )
 
 
+def cam_items(snakemake, ds: VOCDataset, image_ids: list[str]):
+    """The CAM stage's training items: random long-side resize, crop and flip from cam.*."""
+    from pole_core.data.transforms import AugmentedDataset
+
+    cam = snakemake.params.cam
+    return AugmentedDataset(
+        ds,
+        image_ids,
+        resize_long=tuple(cam["resize_long"]),
+        crop_size=cam["crop_size"],
+        flip=cam["flip"],
+        seed=snakemake.params.seed,
+    )
+
+
+def new_cam_net(cam_cfg: dict, n_classes: int):
+    """A freshly initialised CAM network as cam.* describes it (ImageNet file if given)."""
+    from pole_core.cam.network import build_cam_net
+
+    return build_cam_net(
+        cam_cfg["backbone"],
+        n_classes,
+        strides=tuple(cam_cfg["strides"]),
+        widths=tuple(cam_cfg["widths"]),
+        weights=cam_cfg["weights"],
+    )
+
+
 def bg_words(cam_cfg: dict, root: Path) -> list[str]:
     """CBS background words: the configured list, or the world's own when the list is empty."""
     if cam_cfg["bg_words"]:

@@ -2,11 +2,9 @@
 
 from pathlib import Path
 
-from _common import dataset, device, ids, run
+from _common import cam_items, dataset, device, ids, new_cam_net, run
 
-from pole_core.cam.network import build_cam_net
 from pole_core.cam.pretrain import pretrain_cam_classifier
-from pole_core.data.transforms import AugmentedDataset
 
 
 def main(log):
@@ -14,21 +12,8 @@ def main(log):
     pre = cam["pretrain"]
     ds = dataset(snakemake)
     train_ids = ids(ds, snakemake.params.split, snakemake.params.max_images)
-    items = AugmentedDataset(
-        ds,
-        train_ids,
-        resize_long=tuple(cam["resize_long"]),
-        crop_size=cam["crop_size"],
-        flip=cam["flip"],
-        seed=snakemake.params.seed,
-    )
-    net = build_cam_net(
-        cam["backbone"],
-        ds.n_classes,
-        strides=tuple(cam["strides"]),
-        widths=tuple(cam["widths"]),
-        weights=cam["weights"],
-    )
+    items = cam_items(snakemake, ds, train_ids)
+    net = new_cam_net(cam, ds.n_classes)
     stats = pretrain_cam_classifier(
         net,
         items,

@@ -2,11 +2,9 @@
 
 from pathlib import Path
 
-from _common import bg_words, clip_bundle, dataset, device, ids, run
+from _common import bg_words, cam_items, clip_bundle, dataset, device, ids, new_cam_net, run
 
-from pole_core.cam.network import build_cam_net
 from pole_core.cam.train import load_cam_net, train_cam
-from pole_core.data.transforms import AugmentedDataset
 from pole_core.data.voc import load_classes
 from pole_core.io.atomic import read_json
 
@@ -37,25 +35,12 @@ def main(log):
         present = ds.labels(image_id).nonzero()[0]
         return {int(k): template.format(token(image_id, int(k))) for k in present}
 
-    items = AugmentedDataset(
-        ds,
-        train_ids,
-        resize_long=tuple(cam["resize_long"]),
-        crop_size=cam["crop_size"],
-        flip=cam["flip"],
-        seed=snakemake.params.seed,
-    )
+    items = cam_items(snakemake, ds, train_ids)
     if snakemake.input.init:  # cam.pretrain: start from the shared CAM classifier
         net = load_cam_net(snakemake.input.init[0])[0]
         log.info("starting from the CAM classifier %s", snakemake.input.init[0])
     else:
-        net = build_cam_net(
-            cam["backbone"],
-            ds.n_classes,
-            strides=tuple(cam["strides"]),
-            widths=tuple(cam["widths"]),
-            weights=cam["weights"],
-        )
+        net = new_cam_net(cam, ds.n_classes)
     log.info(
         "variant %s: %d images, prompts=%s, adapters=%s, weights=%s",
         snakemake.wildcards.variant,
