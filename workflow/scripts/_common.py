@@ -104,18 +104,21 @@ def clip_bundle(snakemake):
     )
 
 
-def cam_items(snakemake, ds: VOCDataset, image_ids: list[str]):
-    """The CAM stage's training items: random long-side resize, crop and flip from cam.*."""
+def augmented_items(snakemake, ds: VOCDataset, image_ids: list[str], cfg: dict, **kw):
+    """Training items of a stage: random long-side resize, crop and flip from its config group.
+
+    ``kw`` goes to ``AugmentedDataset`` (e.g. ``mask_fn`` for label maps, ``flip``).
+    """
     from pole_core.data.transforms import AugmentedDataset
 
-    cam = snakemake.params.cam
+    kw.setdefault("flip", cfg.get("flip", True))
     return AugmentedDataset(
         ds,
         image_ids,
-        resize_long=tuple(cam["resize_long"]),
-        crop_size=cam["crop_size"],
-        flip=cam["flip"],
+        resize_long=tuple(cfg["resize_long"]),
+        crop_size=cfg["crop_size"],
         seed=snakemake.params.seed,
+        **kw,
     )
 
 

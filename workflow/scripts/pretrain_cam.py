@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from _common import cam_items, dataset, device, ids, new_cam_net, run
+from _common import augmented_items, dataset, device, ids, new_cam_net, run
 
 from pole_core.cam.pretrain import pretrain_cam_classifier
 
@@ -12,7 +12,7 @@ def main(log):
     pre = cam["pretrain"]
     ds = dataset(snakemake)
     train_ids = ids(ds, snakemake.params.split, snakemake.params.max_images)
-    items = cam_items(snakemake, ds, train_ids)
+    items = augmented_items(snakemake, ds, train_ids, cam)
     net = new_cam_net(cam, ds.n_classes)
     stats = pretrain_cam_classifier(
         net,

@@ -2,10 +2,9 @@
 
 from pathlib import Path
 
-from _common import dataset, device, find_in_shards, ids, run
+from _common import augmented_items, dataset, device, find_in_shards, ids, run
 
 from pole_core.cam.train import load_cam_net
-from pole_core.data.transforms import AugmentedDataset
 from pole_core.io.png import read_mask
 from pole_core.refine.affinity import AffinityNet, train_affinity
 
@@ -15,14 +14,13 @@ def main(log):
     ds = dataset(snakemake)
     train_ids = ids(ds, snakemake.params.split, snakemake.params.max_images)
     label_path = find_in_shards(list(snakemake.input.shards), "labels")
-    items = AugmentedDataset(
+    items = augmented_items(
+        snakemake,
         ds,
         train_ids,
-        resize_long=tuple(a["resize_long"]),
-        crop_size=a["crop_size"],
-        flip=True,
-        seed=snakemake.params.seed,
+        a,
         mask_fn=lambda image_id: read_mask(label_path(image_id)),
+        flip=True,
     )
     dev = device(snakemake)
     cam_net, _, _ = load_cam_net(snakemake.input.cam_net, dev)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from _common import bg_words, cam_items, clip_bundle, dataset, device, ids, new_cam_net, run
+from _common import augmented_items, bg_words, clip_bundle, dataset, device, ids, new_cam_net, run
 
 from pole_core.cam.train import load_cam_net, train_cam
 from pole_core.data.voc import load_classes
@@ -35,7 +35,7 @@ def main(log):
         present = ds.labels(image_id).nonzero()[0]
         return {int(k): template.format(token(image_id, int(k))) for k in present}
 
-    items = cam_items(snakemake, ds, train_ids)
+    items = augmented_items(snakemake, ds, train_ids, cam)
     if snakemake.input.init:  # cam.pretrain: start from the shared CAM classifier
         net = load_cam_net(snakemake.input.init[0])[0]
         log.info("starting from the CAM classifier %s", snakemake.input.init[0])

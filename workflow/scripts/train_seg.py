@@ -2,9 +2,8 @@
 
 from pathlib import Path
 
-from _common import dataset, device, ids, run
+from _common import augmented_items, dataset, device, ids, run
 
-from pole_core.data.transforms import AugmentedDataset
 from pole_core.io.png import read_mask
 from pole_core.seg.network import build_seg_net
 from pole_core.seg.train import train_seg
@@ -18,14 +17,8 @@ def main(log):
     missing = [i for i in train_ids if not (masks / f"{i}.png").is_file()]
     if missing:
         raise FileNotFoundError(f"{masks / missing[0]}.png: pseudo-mask missing")
-    items = AugmentedDataset(
-        ds,
-        train_ids,
-        resize_long=tuple(s["resize_long"]),
-        crop_size=s["crop_size"],
-        flip=s["flip"],
-        seed=snakemake.params.seed,
-        mask_fn=lambda image_id: read_mask(masks / f"{image_id}.png"),
+    items = augmented_items(
+        snakemake, ds, train_ids, s, mask_fn=lambda image_id: read_mask(masks / f"{image_id}.png")
     )
     net = build_seg_net(
         s["backbone"], ds.n_classes + 1, weights=s["weights"], widths=tuple(s["widths"])
