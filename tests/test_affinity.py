@@ -16,6 +16,7 @@ from pole_core.refine.affinity import (
     affinity_labels,
     affinity_loss,
     downsample_labels,
+    grid_size,
     load_affinity_net,
     path_index,
     predict_boundary,
@@ -306,3 +307,44 @@ def test_set_epoch_is_called(tmp_path):
         log=lambda s: None,
     )
     assert items.epochs == [0, 1]
+
+
+def test_grid_stride_context_and_image_level_round_trip(tmp_path):
+    """A finer grid (stride 1 or 2), 3×3 context layers and the image as a level are
+    options of the same net: shapes follow the stride, the file rebuilds the same net."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 30, 37)
+    for stride, size in ((1, (30, 37)), (2, (15, 19)), (4, (8, 10))):
+        assert grid_size(30, 37, stride) == size
+        net = AffinityNet(TinyExtractor(), stride=stride)
+        assert net(x).shape == (2, 1, *size)
+        assert downsample_labels(torch.zeros(1, 30, 37, dtype=torch.long), stride).shape == (
+            1,
+            *size,
+        )
+    plain = AffinityNet(TinyExtractor())
+    rich = AffinityNet(TinyExtractor(), stride=2, context=2, image_level=True)
+    assert rich.in_channels == plain.in_channels == [8, 8]  # the image is not a backbone level
+    assert len(rich.head.levels) == 3 and rich.head.n_context == 2
+    n_plain = sum(p.numel() for p in plain.head.parameters())
+    assert sum(p.numel() for p in rich.head.parameters()) > n_plain
+    out = tmp_path / "rich.pt"
+    res = train_affinity(
+        rich,
+        _items(),
+        out,
+        radius=3,
+        epochs=2,
+        batch_size=4,
+        lr=0.1,
+        seed=0,
+        progress=False,
+        log=lambda s: None,
+    )
+    assert res["finished"] and res["losses"][-1] < res["losses"][0]
+    again = load_affinity_net(TinyExtractor(), out)
+    assert (again.stride, again.head.n_context, again.image_level) == (2, 2, True)
+    img = _items(1)[0]["image"]
+    torch.testing.assert_close(predict_boundary(again, img), predict_boundary(rich, img))
+    with pytest.raises(ValueError, match="stride"):
+        AffinityNet(TinyExtractor(), stride=0)

@@ -36,8 +36,20 @@ def test_paper_defaults_are_filled_in():
         "radius": 5,
         "bg_thresh": 0.25,
         "shards": 4,
+        "crf": {
+            "enabled": False,
+            "gt_prob": 0.7,
+            "gauss_sxy": 3,
+            "gauss_compat": 3,
+            "bi_sxy": 50,
+            "bi_srgb": 5,
+            "bi_compat": 10,
+            "iters": 10,
+        },
     }
     assert cfg["affinity"]["radius"] == 10 and cfg["affinity"]["lr"] == 0.1
+    assert (cfg["affinity"]["stride"], cfg["affinity"]["context"]) == (4, 0)
+    assert cfg["affinity"]["image_level"] is False
     assert cfg["cams"]["scales"] == [1.0, 0.5, 1.5, 2.0]
     assert cfg["cam"]["adapter_ratio"] == 0.2 and cfg["cam"]["cbs_thresh"] == 0.26
     assert cfg["cam"]["bg_words"][:3] == ["tree", "river", "sea"]

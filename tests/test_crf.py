@@ -14,6 +14,7 @@ from pole_core.refine.crf import (
     cam_to_label,
     crf_inference,
     crf_refine_cam,
+    crf_refine_label,
     load_bench_items,
     run_crf_shard,
 )
@@ -113,3 +114,17 @@ def test_bench_crf_reports_timings(tmp_path):
     res = bench_crf(items, processes=2)
     assert set(res) >= {"t1", "t2", "efficiency", "n_images"}
     assert res["t1"] > 0 and res["t2"] > 0 and res["n_images"] == 4
+
+
+def test_crf_refine_label_snaps_keys_and_rejects_strangers():
+    img, label = two_region_image()
+    shifted = np.zeros_like(label)
+    shifted[:, 30:] = 7  # class key 6 → label 7; true edge at column 24
+    out = crf_refine_label(img, shifted, np.array([6]))
+    assert set(np.unique(out)) == {0, 7}
+    assert miou(label * 7, out, 8) > miou(label * 7, shifted, 8) + 0.05
+    assert not crf_refine_label(img, np.zeros_like(label), np.array([], dtype=np.int64)).any()
+    with pytest.raises(ValueError, match=r"label values \[3\]"):
+        crf_refine_label(img, shifted.clip(0, 3), np.array([6]))
+    with pytest.raises(ValueError, match="does not match image size"):
+        crf_refine_label(img, shifted[:-1], np.array([6]))

@@ -120,3 +120,34 @@ def test_shard_with_an_affinity_net(tmp_path):
     net = AffinityNet(Ext())
     res = run_random_walk_shard(ds, ds.ids(), cams, net, tmp_path / "p", progress=False)
     assert res["done"] == 2
+
+
+def test_rw_to_label_at_stride_one():
+    rw = torch.zeros(1, 6, 5)
+    rw[0, 2:, :] = 1.0
+    lab = rw_to_label(rw, np.array([3]), (6, 5), bg_thresh=0.5, stride=1)
+    assert lab.shape == (6, 5)
+    assert (lab[2:] == 4).all() and (lab[:2] == 0).all()  # no upsampling blur at stride 1
+
+
+@pytest.mark.parametrize("crf", [None, {}])
+def test_shard_on_the_pixel_grid_with_a_final_crf(tmp_path, crf):
+    """stride=1: the walk runs on the full-resolution CAM, the boundary at full size."""
+    ds, cams = make_world(tmp_path, n=3)
+
+    def boundary(x):  # colour edges at full resolution
+        g = x.mean(1)[0]
+        e = torch.zeros_like(g)
+        e[:-1] = (g[1:] - g[:-1]).abs()
+        e[:, :-1] = torch.maximum(e[:, :-1], (g[:, 1:] - g[:, :-1]).abs())
+        return (e * 10).clamp(0, 1)
+
+    out = tmp_path / "pseudo"
+    res = run_random_walk_shard(
+        ds, ds.ids(), cams, boundary, out, stride=1, exp_times=4, crf=crf, progress=False
+    )
+    assert res == {"done": 3, "skipped": 0}
+    for image_id in ds.ids():
+        lab, gt = read_mask(out / f"{image_id}.png"), ds.mask(image_id)
+        assert lab.shape == gt.shape and set(np.unique(lab)) <= set(np.unique(gt))
+        assert miou(gt, lab, 4) > 0.6

@@ -54,6 +54,7 @@ __all__ = [
     "train_affinity",
     "predict_boundary",
     "load_affinity_net",
+    "grid_size",
     "stride4_size",
     "downsample_labels",
 ]
@@ -61,9 +62,14 @@ __all__ = [
 IGNORE = 255
 
 
+def grid_size(h: int, w: int, stride: int = 4) -> tuple[int, int]:
+    """The grid of an H×W image at ``stride``: (ceil(H/stride), ceil(W/stride))."""
+    return -(-h // stride), -(-w // stride)
+
+
 def stride4_size(h: int, w: int) -> tuple[int, int]:
     """The stride-4 grid of an H×W image: (ceil(H/4), ceil(W/4)), the size of ``cam_s4``."""
-    return (h + 3) // 4, (w + 3) // 4
+    return grid_size(h, w, 4)
 
 
 # --------------------------------------------------------------------------- path index
@@ -236,17 +242,38 @@ class FeatureExtractor(nn.Module):
 
 
 class BoundaryHead(nn.Module):
-    """IRNet's edge branch: per level 1×1 conv → 32 ch, GroupNorm, upsample to stride 4, ReLU;
-    concatenate; 1×1 conv → one boundary logit."""
+    """IRNet's edge branch: per level 1×1 conv → 32 ch, GroupNorm, upsample to the grid, ReLU;
+    concatenate; 1×1 conv → one boundary logit.
 
-    def __init__(self, in_channels: Sequence[int], width: int = 32):
+    ``context`` > 0 inserts that many 3×3 conv + GroupNorm + ReLU layers on the
+    concatenated maps before the last 1×1 conv (IRNet: 0). A 1×1 head can only
+    weigh each feature vector on its own; the 3×3 layers let it compare a cell
+    with its neighbours, which an edge is, when the frozen features carry no
+    edge detectors of their own (a backbone trained from scratch on the demo world).
+    """
+
+    def __init__(self, in_channels: Sequence[int], width: int = 32, context: int = 0):
         super().__init__()
         groups = 4 if width % 4 == 0 else 1
         self.levels = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.GroupNorm(groups, width))
             for c in in_channels
         )
-        self.out = nn.Conv2d(width * len(in_channels), 1, 1, bias=True)
+        cat = width * len(in_channels)
+        self.n_context = int(context)
+        layers: list[nn.Module] = []
+        if self.n_context:
+            # mix the levels down to ``width`` first: the 3×3 layers then cost a
+            # ``len(in_channels)``-th of convolving the concatenation directly
+            layers.append(nn.Conv2d(cat, width, 1, bias=False))
+        for _ in range(self.n_context):
+            layers += [
+                nn.Conv2d(width, width, 3, padding=1, bias=False),
+                nn.GroupNorm(groups, width),
+                nn.ReLU(inplace=True),
+            ]
+        self.context = nn.Sequential(*layers)
+        self.out = nn.Conv2d(width if context else cat, 1, 1, bias=True)
 
     def forward(self, feats: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
         if len(feats) != len(self.levels):
@@ -257,7 +284,7 @@ class BoundaryHead(nn.Module):
             if tuple(y.shape[-2:]) != size:
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             ups.append(F.relu(y))
-        return self.out(torch.cat(ups, dim=1))
+        return self.out(self.context(torch.cat(ups, dim=1)))
 
 
 class AffinityNet(nn.Module):
@@ -283,8 +310,15 @@ class AffinityNet(nn.Module):
         extractor: nn.Module | Callable[[Tensor], Sequence[Tensor]],
         in_channels: Sequence[int] | None = None,
         width: int = 32,
+        stride: int = 4,
+        context: int = 0,
+        image_level: bool = False,
     ):
         super().__init__()
+        if int(stride) < 1:
+            raise ValueError(f"AffinityNet: stride must be ≥ 1, got {stride}")
+        self.stride = int(stride)
+        self.image_level = bool(image_level)
         owner = getattr(extractor, "__self__", None)
         if isinstance(owner, nn.Module) and not isinstance(extractor, nn.Module):
             # a bound method such as cam_net.features: keep the module registered, so
@@ -304,16 +338,17 @@ class AffinityNet(nn.Module):
             self._extractor_fn = extractor
         if in_channels is None:
             probe = torch.zeros(1, 3, 64, 64, device=self._extractor_device())
-            in_channels = [f.shape[1] for f in self._features(probe)]
+            in_channels = [f.shape[1] for f in self._backbone_features(probe)]
         self.in_channels = [int(c) for c in in_channels]
-        self.head = BoundaryHead(self.in_channels, width)
+        levels = self.in_channels + ([3] if self.image_level else [])
+        self.head = BoundaryHead(levels, width, context)
 
     def _extractor_device(self) -> torch.device:
         module = getattr(self, "extractor", None)
         params = list(module.parameters()) if module is not None else []
         return params[0].device if params else torch.device("cpu")
 
-    def _features(self, x: Tensor) -> list[Tensor]:
+    def _backbone_features(self, x: Tensor) -> list[Tensor]:
         fn = self.extractor if hasattr(self, "extractor") else self._extractor_fn
         if isinstance(fn, nn.Module):
             fn.eval()
@@ -322,10 +357,15 @@ class AffinityNet(nn.Module):
         out = [out] if isinstance(out, Tensor) else list(out)
         return [f.detach().float() for f in out]
 
+    def _features(self, x: Tensor) -> list[Tensor]:
+        """The frozen backbone's levels, plus the image itself when ``image_level``."""
+        feats = self._backbone_features(x)
+        return [*feats, x.float()] if self.image_level else feats
+
     def logits(self, x: Tensor) -> Tensor:
-        """Boundary logits B×1×h×w on the stride-4 grid."""
+        """Boundary logits B×1×h×w on the grid of ``self.stride`` (IRNet: 4)."""
         feats = self._features(x)
-        return self.head(feats, stride4_size(x.shape[-2], x.shape[-1]))
+        return self.head(feats, grid_size(x.shape[-2], x.shape[-1], self.stride))
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.logits(x))
@@ -347,7 +387,14 @@ def load_affinity_net(
 ) -> AffinityNet:
     """Rebuild an :class:`AffinityNet` around ``extractor`` from a file written by :func:`train_affinity`."""
     state = load_checkpoint(path, map_location=map_location)
-    net = AffinityNet(extractor, in_channels=state["in_channels"], width=state["width"])
+    net = AffinityNet(
+        extractor,
+        in_channels=state["in_channels"],
+        width=state["width"],
+        stride=state.get("stride", 4),
+        context=state.get("context", 0),
+        image_level=state.get("image_level", False),
+    )
     net.head.load_state_dict(state["head"])
     return net
 
@@ -377,10 +424,12 @@ def _to_batch(item_list: list[dict[str, Any]]) -> tuple[Tensor, Tensor]:
     return torch.stack(imgs), torch.stack(masks)
 
 
-def downsample_labels(mask: Tensor) -> Tensor:
-    """B×H×W labels → B×ceil(H/4)×ceil(W/4) by nearest sampling (IRNet rescales labels by ¼, order 0)."""
-    h4, w4 = stride4_size(mask.shape[-2], mask.shape[-1])
-    return F.interpolate(mask[:, None].float(), size=(h4, w4), mode="nearest")[:, 0].long()
+def downsample_labels(mask: Tensor, stride: int = 4) -> Tensor:
+    """B×H×W labels → the B×h×w grid of ``stride`` by nearest sampling (IRNet: ¼, order 0)."""
+    if stride == 1:
+        return mask.long()
+    size = grid_size(mask.shape[-2], mask.shape[-1], stride)
+    return F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
 # --------------------------------------------------------------------------- training
@@ -438,6 +487,9 @@ def train_affinity(
         seed=seed,
         n_items=n,
         in_channels=net.in_channels,
+        stride=net.stride,
+        context=net.head.n_context,
+        image_level=net.image_level,
     )
     start_epoch, step, losses = 0, 0, []
     state = load_checkpoint(partial, map_location=dev) if partial.is_file() else None
@@ -482,7 +534,7 @@ def train_affinity(
             with autocast(dev):
                 boundary = net(images)
             aff = affinity_from_boundary(boundary.float(), pi)
-            loss = affinity_loss(aff, downsample_labels(masks), pi)["total"]
+            loss = affinity_loss(aff, downsample_labels(masks, net.stride), pi)["total"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -507,6 +559,9 @@ def train_affinity(
         "head": {k: v.detach().cpu() for k, v in net.head.state_dict().items()},
         "in_channels": net.in_channels,
         "width": net.head.levels[0][0].out_channels,
+        "stride": net.stride,
+        "context": net.head.n_context,
+        "image_level": net.image_level,
         "radius": radius,
         "epochs": epochs,
         "losses": losses,

@@ -35,6 +35,7 @@ __all__ = [
     "crf_inference",
     "cam_to_label",
     "crf_refine_cam",
+    "crf_refine_label",
     "run_crf_shard",
     "load_bench_items",
     "bench_crf",
@@ -198,6 +199,52 @@ def crf_refine_cam(
         iters=iters,
     )
     return _label_lut(keys)[pred]
+
+
+def crf_refine_label(
+    image: np.ndarray,
+    label: np.ndarray,
+    keys: np.ndarray,
+    *,
+    gt_prob: float = 0.7,
+    gauss_sxy: float = 3,
+    gauss_compat: float = 3,
+    bi_sxy: float = 50,
+    bi_srgb: float = 5,
+    bi_compat: float = 10,
+    iters: int = 10,
+) -> np.ndarray:
+    """One CRF over a label map (0 bg, ``keys + 1``): edges snap to the image's colour edges.
+
+    Used on the random-walk pseudo-masks when ``random_walk.crf.enabled``; labels
+    outside {0, keys + 1} are an error, not silently dropped.
+    """
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    label = np.asarray(label)
+    if label.shape != image.shape[:2]:
+        raise ValueError(f"label size {label.shape} does not match image size {image.shape[:2]}")
+    lut = _label_lut(keys)
+    index = np.full(256, -1, dtype=np.int64)
+    index[lut] = np.arange(lut.size)
+    idx = index[label.astype(np.uint8)]
+    if (idx < 0).any():
+        bad = sorted(set(np.unique(label[idx < 0]).tolist()))
+        raise ValueError(f"label values {bad} are not background or one of the keys + 1")
+    if lut.size == 1:
+        return np.zeros(image.shape[:2], dtype=np.uint8)
+    pred = crf_inference(
+        image,
+        idx,
+        lut.size,
+        gt_prob=gt_prob,
+        gauss_sxy=gauss_sxy,
+        gauss_compat=gauss_compat,
+        bi_sxy=bi_sxy,
+        bi_srgb=bi_srgb,
+        bi_compat=bi_compat,
+        iters=iters,
+    )
+    return lut[pred]
 
 
 # --------------------------------------------------------------------------- shards

@@ -37,7 +37,14 @@ from torch import Tensor
 from ..device import resolve_device
 from ..io.cam_store import open_cams, read_cam
 from ..io.png import read_mask, write_mask
-from .affinity import AffinityNet, affinity_from_boundary, path_index, predict_boundary
+from .affinity import (
+    AffinityNet,
+    affinity_from_boundary,
+    grid_size,
+    path_index,
+    predict_boundary,
+)
+from .crf import crf_refine_label
 
 __all__ = ["transition_weights", "random_walk", "rw_to_label", "run_random_walk_shard"]
 
@@ -126,10 +133,11 @@ def rw_to_label(
     out_hw: tuple[int, int],
     *,
     bg_thresh: float = 0.25,
+    stride: int = 4,
 ) -> np.ndarray:
-    """Label map uint8 H×W (0 bg, keys + 1) from propagated scores on the stride-4 grid.
+    """Label map uint8 H×W (0 bg, keys + 1) from propagated scores on the grid of ``stride``.
 
-    Upsample ×4 (bilinear), crop to ``out_hw``, divide by the global maximum over
+    Upsample ×stride (bilinear), crop to ``out_hw``, divide by the global maximum over
     all classes (IRNet), put a constant background score ``bg_thresh`` in front,
     argmax, map channel c to ``keys[c-1] + 1``.
     """
@@ -138,7 +146,9 @@ def rw_to_label(
     h, w = out_hw
     if rw.shape[0] == 0:
         return np.zeros((h, w), dtype=np.uint8)
-    up = F.interpolate(rw[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
+    up = rw
+    if stride != 1:
+        up = F.interpolate(rw[None], scale_factor=stride, mode="bilinear", align_corners=False)[0]
     up = up[:, :h, :w]
     if up.shape[1:] != (h, w):
         raise ValueError(f"rw_to_label: grid {tuple(rw.shape[1:])} too small for {out_hw}")
@@ -161,6 +171,8 @@ def run_random_walk_shard(
     radius: int = 5,
     bg_thresh: float = 0.25,
     dense_max_nodes: int = 1024,
+    stride: int | None = None,
+    crf: dict[str, Any] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict[str, int]:
@@ -168,12 +180,18 @@ def run_random_walk_shard(
 
     ``net`` is a trained :class:`AffinityNet` (boundary by
     :func:`predict_boundary`, flip-averaged) or any callable image tensor
-    1×3×H×W → boundary [h,w]. CAMs are the stride-4 ``cam_s4`` of the store.
+    1×3×H×W → boundary [h,w]. The walk runs on the grid of ``stride`` (default:
+    the net's, else 4): at 4 the CAMs are the network's stride-4 ``cam_s4``
+    (IRNet); at other strides the full-resolution CAM is area-averaged onto the grid.
+    ``crf`` (keyword arguments of :func:`~pole_core.refine.crf.crf_refine_label`)
+    adds a final dense CRF over each mask; ``None`` (IRNet) writes the walk's argmax.
     Returns ``{"done", "skipped"}``.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if stride is None:
+        stride = net.stride if isinstance(net, AffinityNet) else 4
     if isinstance(net, AffinityNet):
         net.to(dev).eval()
 
@@ -202,8 +220,11 @@ def run_random_walk_shard(
             img = np.ascontiguousarray(dataset.image(image_id))
             x = torch.from_numpy(img).permute(2, 0, 1).float().div(255.0)[None].to(dev)
             edge = boundary_fn(x).float()
-            cam, keys = read_cam(f, image_id, stride4=True)
+            cam, keys = read_cam(f, image_id, stride4=stride == 4)
             cam_t = torch.from_numpy(cam).to(dev)
+            if stride not in (1, 4):
+                size = grid_size(*img.shape[:2], stride)
+                cam_t = F.adaptive_avg_pool2d(cam_t[None], size)[0]
             if edge.shape != cam_t.shape[1:]:
                 edge = F.interpolate(
                     edge[None, None], size=cam_t.shape[1:], mode="bilinear", align_corners=False
@@ -216,6 +237,8 @@ def run_random_walk_shard(
                 radius=radius,
                 dense_max_nodes=dense_max_nodes,
             )
-            label = rw_to_label(rw, keys, img.shape[:2], bg_thresh=bg_thresh)
+            label = rw_to_label(rw, keys, img.shape[:2], bg_thresh=bg_thresh, stride=stride)
+            if crf is not None:
+                label = crf_refine_label(img, label, keys, **crf)
             write_mask(out_dir / f"{image_id}.png", label)
     return {"done": len(todo), "skipped": len(ids) - len(todo)}

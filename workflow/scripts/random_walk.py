@@ -8,6 +8,11 @@ from pole_core.refine.affinity import load_affinity_net
 from pole_core.refine.random_walk import run_random_walk_shard
 
 
+def crf_params(cfg: dict) -> dict | None:
+    """The final CRF's keyword arguments, or None when ``random_walk.crf.enabled`` is false."""
+    return {k: v for k, v in cfg.items() if k != "enabled"} if cfg["enabled"] else None
+
+
 def main(log):
     rw = snakemake.params.rw
     ds = dataset(snakemake)
@@ -28,6 +33,7 @@ def main(log):
         exp_times=rw["exp_times"],
         radius=rw["radius"],
         bg_thresh=rw["bg_thresh"],
+        crf=crf_params(rw["crf"]),
         device=dev,
     )
     log.info("shard %s: %d pseudo-masks, %s", snakemake.wildcards.scatteritem, len(my_ids), stats)

@@ -24,7 +24,12 @@ def main(log):
     )
     dev = device(snakemake)
     cam_net, _, _ = load_cam_net(snakemake.input.cam_net, dev)
-    net = AffinityNet(cam_net.feature_levels)
+    net = AffinityNet(
+        cam_net.feature_levels,
+        stride=a["stride"],
+        context=a["context"],
+        image_level=a["image_level"],
+    )
     stats = train_affinity(
         net,
         items,
