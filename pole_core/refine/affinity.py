@@ -376,6 +376,16 @@ class AffinityNet(nn.Module):
             self.extractor.eval()
         return self
 
+    def spec(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this net around the same extractor."""
+        return {
+            "in_channels": self.in_channels,
+            "width": self.head.levels[0][0].out_channels,
+            "stride": self.stride,
+            "context": self.head.n_context,
+            "image_level": self.image_level,
+        }
+
     def head_state_dict(self) -> dict[str, Tensor]:
         return self.head.state_dict()
 
@@ -387,14 +397,9 @@ def load_affinity_net(
 ) -> AffinityNet:
     """Rebuild an :class:`AffinityNet` around ``extractor`` from a file written by :func:`train_affinity`."""
     state = load_checkpoint(path, map_location=map_location)
-    net = AffinityNet(
-        extractor,
-        in_channels=state["in_channels"],
-        width=state["width"],
-        stride=state.get("stride", 4),
-        context=state.get("context", 0),
-        image_level=state.get("image_level", False),
-    )
+    spec = {"stride": 4, "context": 0, "image_level": False}  # files older than these options
+    spec.update({k: state[k] for k in ("in_channels", "width", *spec) if k in state})
+    net = AffinityNet(extractor, **spec)
     net.head.load_state_dict(state["head"])
     return net
 
@@ -486,10 +491,7 @@ def train_affinity(
         poly_power=poly_power,
         seed=seed,
         n_items=n,
-        in_channels=net.in_channels,
-        stride=net.stride,
-        context=net.head.n_context,
-        image_level=net.image_level,
+        **net.spec(),
     )
     start_epoch, step, losses = 0, 0, []
     state = load_checkpoint(partial, map_location=dev) if partial.is_file() else None
@@ -557,11 +559,7 @@ def train_affinity(
         )
     final = {
         "head": {k: v.detach().cpu() for k, v in net.head.state_dict().items()},
-        "in_channels": net.in_channels,
-        "width": net.head.levels[0][0].out_channels,
-        "stride": net.stride,
-        "context": net.head.n_context,
-        "image_level": net.image_level,
+        **net.spec(),
         "radius": radius,
         "epochs": epochs,
         "losses": losses,

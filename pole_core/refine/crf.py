@@ -184,12 +184,7 @@ def crf_refine_cam(
     :func:`cam_to_label` it has no ignore region.
     """
     cam, keys = _check_cam(image, cam, keys)
-    if keys.size == 0:
-        return np.zeros(image.shape[:2], dtype=np.uint8)
-    pred = crf_inference(
-        image,
-        _argmax_with_bg(cam, bg_thresh),
-        keys.size + 1,
+    crf = dict(
         gt_prob=gt_prob,
         gauss_sxy=gauss_sxy,
         gauss_compat=gauss_compat,
@@ -198,26 +193,26 @@ def crf_refine_cam(
         bi_compat=bi_compat,
         iters=iters,
     )
-    return _label_lut(keys)[pred]
+    return _crf_to_label(image, _argmax_with_bg(cam, bg_thresh), keys, crf)
+
+
+def _crf_to_label(
+    image: np.ndarray, index: np.ndarray, keys: np.ndarray, crf: dict[str, Any]
+) -> np.ndarray:
+    """CRF over a channel-index map (0 bg, c = keys[c-1]), returned as label values (0, keys + 1)."""
+    if keys.size == 0:
+        return np.zeros(image.shape[:2], dtype=np.uint8)
+    return _label_lut(keys)[crf_inference(image, index, keys.size + 1, **crf)]
 
 
 def crf_refine_label(
-    image: np.ndarray,
-    label: np.ndarray,
-    keys: np.ndarray,
-    *,
-    gt_prob: float = 0.7,
-    gauss_sxy: float = 3,
-    gauss_compat: float = 3,
-    bi_sxy: float = 50,
-    bi_srgb: float = 5,
-    bi_compat: float = 10,
-    iters: int = 10,
+    image: np.ndarray, label: np.ndarray, keys: np.ndarray, **crf: Any
 ) -> np.ndarray:
     """One CRF over a label map (0 bg, ``keys + 1``): edges snap to the image's colour edges.
 
-    Used on the random-walk pseudo-masks when ``random_walk.crf.enabled``; labels
-    outside {0, keys + 1} are an error, not silently dropped.
+    ``crf``: the keyword arguments of :func:`crf_inference` (its defaults are the
+    paper's). Used on the random-walk pseudo-masks when ``random_walk.crf.enabled``;
+    labels outside {0, keys + 1} are an error, not silently dropped.
     """
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
     label = np.asarray(label)
@@ -230,21 +225,7 @@ def crf_refine_label(
     if (idx < 0).any():
         bad = sorted(set(np.unique(label[idx < 0]).tolist()))
         raise ValueError(f"label values {bad} are not background or one of the keys + 1")
-    if lut.size == 1:
-        return np.zeros(image.shape[:2], dtype=np.uint8)
-    pred = crf_inference(
-        image,
-        idx,
-        lut.size,
-        gt_prob=gt_prob,
-        gauss_sxy=gauss_sxy,
-        gauss_compat=gauss_compat,
-        bi_sxy=bi_sxy,
-        bi_srgb=bi_srgb,
-        bi_compat=bi_compat,
-        iters=iters,
-    )
-    return lut[pred]
+    return _crf_to_label(image, idx, keys, crf)
 
 
 # --------------------------------------------------------------------------- shards
