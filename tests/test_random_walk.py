@@ -130,6 +130,21 @@ def test_rw_to_label_at_stride_one():
     assert (lab[2:] == 4).all() and (lab[:2] == 0).all()  # no upsampling blur at stride 1
 
 
+def test_rw_to_label_class_normalisation_keeps_a_weak_class():
+    """A class whose walked scores stay at a fifth of another's: lost to the
+    background under the global maximum (IRNet), kept under its own."""
+    rw = torch.zeros(2, 4, 8)
+    rw[0, :, :4] = 1.0
+    rw[1, :, 4:] = 0.2
+    keys = np.array([1, 6])
+    glob = rw_to_label(rw, keys, (4, 8), bg_thresh=0.5, stride=1)
+    per = rw_to_label(rw, keys, (4, 8), bg_thresh=0.5, stride=1, normalize="class")
+    assert (glob[:, :4] == 2).all() and (glob[:, 4:] == 0).all()
+    assert (per[:, :4] == 2).all() and (per[:, 4:] == 7).all()
+    with pytest.raises(ValueError, match="normalize"):
+        rw_to_label(rw, keys, (4, 8), normalize="max")
+
+
 @pytest.mark.parametrize("crf", [None, {}])
 def test_shard_on_the_pixel_grid_with_a_final_crf(tmp_path, crf):
     """stride=1: the walk runs on the full-resolution CAM, the boundary at full size."""

@@ -46,6 +46,8 @@ from .affinity import (
 )
 from .crf import crf_refine_label
 
+NORMALIZE = ("global", "class")  # how rw_to_label scales the walked scores before the threshold
+
 __all__ = ["transition_weights", "random_walk", "rw_to_label", "run_random_walk_shard"]
 
 
@@ -134,13 +136,18 @@ def rw_to_label(
     *,
     bg_thresh: float = 0.25,
     stride: int = 4,
+    normalize: str = "global",
 ) -> np.ndarray:
     """Label map uint8 H×W (0 bg, keys + 1) from propagated scores on the grid of ``stride``.
 
-    Upsample ×stride (bilinear), crop to ``out_hw``, divide by the global maximum over
-    all classes (IRNet), put a constant background score ``bg_thresh`` in front,
-    argmax, map channel c to ``keys[c-1] + 1``.
+    Upsample ×stride (bilinear), crop to ``out_hw``, divide by the maximum — over
+    all classes (``normalize="global"``, IRNet) or per class (``"class"``: a small
+    object whose walked score stays below a large one's keeps its own scale) —
+    put a constant background score ``bg_thresh`` in front, argmax, map channel c
+    to ``keys[c-1] + 1``.
     """
+    if normalize not in NORMALIZE:
+        raise ValueError(f"rw_to_label: normalize must be one of {NORMALIZE}, not {normalize!r}")
     rw = torch.as_tensor(propagated).float()
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
     h, w = out_hw
@@ -152,7 +159,10 @@ def rw_to_label(
     up = up[:, :h, :w]
     if up.shape[1:] != (h, w):
         raise ValueError(f"rw_to_label: grid {tuple(rw.shape[1:])} too small for {out_hw}")
-    up = up / up.max().clamp_min(1e-5)
+    if normalize == "global":
+        up = up / up.max().clamp_min(1e-5)
+    else:
+        up = up / up.flatten(1).max(dim=1).values.clamp_min(1e-5)[:, None, None]
     scores = torch.cat([up.new_full((1, h, w), bg_thresh), up])
     pred = scores.argmax(dim=0).cpu().numpy()
     lut = np.concatenate([[0], keys + 1]).astype(np.uint8)
@@ -170,6 +180,7 @@ def run_random_walk_shard(
     exp_times: int = 8,
     radius: int = 5,
     bg_thresh: float = 0.25,
+    normalize: str = "global",
     dense_max_nodes: int = 1024,
     stride: int | None = None,
     crf: dict[str, Any] | None = None,
@@ -183,7 +194,7 @@ def run_random_walk_shard(
     1×3×H×W → boundary [h,w]. The walk runs on the grid of ``stride`` (default:
     the net's, else 4): at 4 the CAMs are the network's stride-4 ``cam_s4``
     (IRNet); at other strides the full-resolution CAM is area-averaged onto the grid.
-    ``crf`` (keyword arguments of :func:`~pole_core.refine.crf.crf_refine_label`)
+    ``normalize`` is :func:`rw_to_label`'s. ``crf`` (keyword arguments of :func:`~pole_core.refine.crf.crf_refine_label`)
     adds a final dense CRF over each mask; ``None`` (IRNet) writes the walk's argmax.
     Returns ``{"done", "skipped"}``.
     """
@@ -237,7 +248,9 @@ def run_random_walk_shard(
                 radius=radius,
                 dense_max_nodes=dense_max_nodes,
             )
-            label = rw_to_label(rw, keys, img.shape[:2], bg_thresh=bg_thresh, stride=stride)
+            label = rw_to_label(
+                rw, keys, img.shape[:2], bg_thresh=bg_thresh, stride=stride, normalize=normalize
+            )
             if crf is not None:
                 label = crf_refine_label(img, label, keys, **crf)
             write_mask(out_dir / f"{image_id}.png", label)

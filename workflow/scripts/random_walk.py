@@ -33,6 +33,7 @@ def main(log):
         exp_times=rw["exp_times"],
         radius=rw["radius"],
         bg_thresh=rw["bg_thresh"],
+        normalize=rw["normalize"],
         crf=crf_params(rw["crf"]),
         device=dev,
     )
