@@ -129,6 +129,12 @@ def _net():
     return AffinityNet(TinyExtractor())  # wrapped: its .features is used
 
 
+def _train(net, items, out, **kw):
+    """train_affinity, quiet, with the small settings most tests share (overridable)."""
+    kw = {"radius": 3, "epochs": 1, "batch_size": 4, "progress": False, "log": lambda s: None, **kw}
+    return train_affinity(net, items, out, **kw)
+
+
 def test_affinity_net_shapes_and_frozen_extractor():
     net = _net()
     assert net.in_channels == [8, 8] and isinstance(net.extractor, FeatureExtractor)
@@ -152,18 +158,7 @@ def test_affinity_net_shapes_and_frozen_extractor():
 def test_training_lowers_the_loss_and_predicts(tmp_path):
     net = _net()
     out = tmp_path / "aff.pt"
-    res = train_affinity(
-        net,
-        _items(),
-        out,
-        radius=4,
-        epochs=4,
-        batch_size=4,
-        lr=0.1,
-        seed=0,
-        progress=False,
-        log=lambda s: None,
-    )
+    res = _train(net, _items(), out, radius=4, epochs=4, lr=0.1, seed=0)
     assert res["finished"] and res["steps"] == 12
     assert res["losses"][-1] < res["losses"][0]
     assert out.is_file() and not (tmp_path / "aff.pt.partial.pt").exists()
@@ -211,16 +206,7 @@ def test_uint8_items_are_accepted(tmp_path):
         }
         for it in _items(4)
     ]
-    res = train_affinity(
-        _net(),
-        items,
-        tmp_path / "u.pt",
-        radius=3,
-        epochs=1,
-        batch_size=8,
-        progress=False,
-        log=lambda s: None,
-    )
+    res = _train(_net(), items, tmp_path / "u.pt", batch_size=8)
     assert res["finished"] and res["steps"] == 1
     with pytest.raises(ValueError, match="radius"):
         path_index(1)
@@ -249,16 +235,7 @@ def test_trains_on_augmented_crops_of_crf_labels(tmp_path):
     assert a["image"].shape == (3, 48, 48) and a["mask"].shape == (48, 48)
     # the crop is larger than the image: padding is label 255
     assert (a["mask"] == 255).any() and set(a["mask"].unique().tolist()) <= {0, 2, 255}
-    res = train_affinity(
-        _net(),
-        crops,
-        tmp_path / "c.pt",
-        radius=3,
-        epochs=1,
-        batch_size=2,
-        progress=False,
-        log=lambda s: None,
-    )
+    res = _train(_net(), crops, tmp_path / "c.pt", batch_size=2)
     assert res["finished"] and res["steps"] == 1
 
 
@@ -271,9 +248,7 @@ def test_with_the_mini_cam_net(tmp_path):
     net = AffinityNet(cam_net.features)
     assert net.in_channels == [16]
     out = tmp_path / "m.pt"
-    res = train_affinity(
-        net, _items(4), out, radius=3, epochs=1, batch_size=4, progress=False, log=lambda s: None
-    )
+    res = _train(net, _items(4), out)
     assert res["finished"]
     assert all(not p.requires_grad for p in cam_net.parameters())
     again = load_affinity_net(cam_net.features, out)
@@ -296,16 +271,7 @@ def test_set_epoch_is_called(tmp_path):
             return {**self.items[i], "labels": torch.zeros(3), "index": i}
 
     items = Items()
-    train_affinity(
-        _net(),
-        items,
-        tmp_path / "e.pt",
-        radius=3,
-        epochs=2,
-        batch_size=4,
-        progress=False,
-        log=lambda s: None,
-    )
+    _train(_net(), items, tmp_path / "e.pt", epochs=2)
     assert items.epochs == [0, 1]
 
 
@@ -329,18 +295,7 @@ def test_grid_stride_context_and_image_level_round_trip(tmp_path):
     n_plain = sum(p.numel() for p in plain.head.parameters())
     assert sum(p.numel() for p in rich.head.parameters()) > n_plain
     out = tmp_path / "rich.pt"
-    res = train_affinity(
-        rich,
-        _items(),
-        out,
-        radius=3,
-        epochs=2,
-        batch_size=4,
-        lr=0.1,
-        seed=0,
-        progress=False,
-        log=lambda s: None,
-    )
+    res = _train(rich, _items(), out, epochs=2, lr=0.1, seed=0)
     assert res["finished"] and res["losses"][-1] < res["losses"][0]
     again = load_affinity_net(TinyExtractor(), out)
     assert (again.stride, again.head.n_context, again.image_level) == (2, 2, True)
