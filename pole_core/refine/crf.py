@@ -125,13 +125,7 @@ def cam_to_label(
     *,
     fg_thresh: float = 0.30,
     bg_thresh: float = 0.05,
-    gt_prob: float = 0.7,
-    gauss_sxy: float = 3,
-    gauss_compat: float = 3,
-    bi_sxy: float = 50,
-    bi_srgb: float = 5,
-    bi_compat: float = 10,
-    iters: int = 10,
+    **crf: Any,
 ) -> np.ndarray:
     """Confident CRF labels from a CAM, as IRNet ``cam_to_ir_label`` (0 bg, 1..C, 255 uncertain).
 
@@ -140,24 +134,13 @@ def cam_to_label(
     background is confident background). A pixel keeps the foreground class of
     the first run; it is background only where both runs say background; the
     rest (background in the first run, foreground in the second) is 255.
+    ``crf``: keyword arguments of :func:`crf_inference` (its defaults are the paper's).
     """
     cam, keys = _check_cam(image, cam, keys)
-    h, w = image.shape[:2]
     if keys.size == 0:
-        return np.zeros((h, w), dtype=np.uint8)
-    lut = _label_lut(keys)
-    crf = dict(
-        gt_prob=gt_prob,
-        gauss_sxy=gauss_sxy,
-        gauss_compat=gauss_compat,
-        bi_sxy=bi_sxy,
-        bi_srgb=bi_srgb,
-        bi_compat=bi_compat,
-        iters=iters,
-    )
-    n = keys.size + 1
-    fg_conf = lut[crf_inference(image, _argmax_with_bg(cam, fg_thresh), n, **crf)]
-    bg_conf = lut[crf_inference(image, _argmax_with_bg(cam, bg_thresh), n, **crf)]
+        return np.zeros(image.shape[:2], dtype=np.uint8)
+    fg_conf = _crf_to_label(image, _argmax_with_bg(cam, fg_thresh), keys, crf)
+    bg_conf = _crf_to_label(image, _argmax_with_bg(cam, bg_thresh), keys, crf)
     conf = fg_conf.copy()
     conf[fg_conf == 0] = 255
     conf[(fg_conf == 0) & (bg_conf == 0)] = 0
@@ -165,34 +148,15 @@ def cam_to_label(
 
 
 def crf_refine_cam(
-    image: np.ndarray,
-    cam: np.ndarray,
-    keys: np.ndarray,
-    bg_thresh: float = 0.15,
-    *,
-    gt_prob: float = 0.7,
-    gauss_sxy: float = 3,
-    gauss_compat: float = 3,
-    bi_sxy: float = 50,
-    bi_srgb: float = 5,
-    bi_compat: float = 10,
-    iters: int = 10,
+    image: np.ndarray, cam: np.ndarray, keys: np.ndarray, bg_thresh: float = 0.15, **crf: Any
 ) -> np.ndarray:
     """CAM argmax against a constant background score, then one CRF (0 bg, 1..C).
 
     This is the "CRF-refined CAM" whose mIoU the report quotes; unlike
-    :func:`cam_to_label` it has no ignore region.
+    :func:`cam_to_label` it has no ignore region. ``crf``: keyword arguments of
+    :func:`crf_inference`.
     """
     cam, keys = _check_cam(image, cam, keys)
-    crf = dict(
-        gt_prob=gt_prob,
-        gauss_sxy=gauss_sxy,
-        gauss_compat=gauss_compat,
-        bi_sxy=bi_sxy,
-        bi_srgb=bi_srgb,
-        bi_compat=bi_compat,
-        iters=iters,
-    )
     return _crf_to_label(image, _argmax_with_bg(cam, bg_thresh), keys, crf)
 
 
