@@ -35,6 +35,7 @@ def test_paper_defaults_are_filled_in():
         "exp_times": 8,
         "radius": 5,
         "bg_thresh": 0.25,
+        "normalize": "global",
         "shards": 4,
         "crf": {
             "enabled": False,
