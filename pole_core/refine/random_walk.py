@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..cam.evaluate import cam_to_label
 from ..device import resolve_device
 from ..io.cam_store import open_cams, read_cam
 from ..io.png import read_mask, write_mask
@@ -143,8 +144,8 @@ def rw_to_label(
     Upsample ×stride (bilinear), crop to ``out_hw``, divide by the maximum — over
     all classes (``normalize="global"``, IRNet) or per class (``"class"``: a small
     object whose walked score stays below a large one's keeps its own scale) —
-    put a constant background score ``bg_thresh`` in front, argmax, map channel c
-    to ``keys[c-1] + 1``.
+    then label as a CAM is labelled (:func:`pole_core.cam.evaluate.cam_to_label`: argmax
+    against the constant background score ``bg_thresh``, channel c → ``keys[c-1] + 1``).
     """
     if normalize not in NORMALIZE:
         raise ValueError(f"rw_to_label: normalize must be one of {NORMALIZE}, not {normalize!r}")
@@ -163,10 +164,7 @@ def rw_to_label(
         up = up / up.max().clamp_min(1e-5)
     else:
         up = up / up.flatten(1).max(dim=1).values.clamp_min(1e-5)[:, None, None]
-    scores = torch.cat([up.new_full((1, h, w), bg_thresh), up])
-    pred = scores.argmax(dim=0).cpu().numpy()
-    lut = np.concatenate([[0], keys + 1]).astype(np.uint8)
-    return lut[pred]
+    return cam_to_label(up.cpu().numpy(), keys, bg_thresh)
 
 
 def run_random_walk_shard(
@@ -194,8 +192,9 @@ def run_random_walk_shard(
     1×3×H×W → boundary [h,w]. The walk runs on the grid of ``stride`` (default:
     the net's, else 4): at 4 the CAMs are the network's stride-4 ``cam_s4``
     (IRNet); at other strides the full-resolution CAM is area-averaged onto the grid.
-    ``normalize`` is :func:`rw_to_label`'s. ``crf`` (keyword arguments of :func:`~pole_core.refine.crf.crf_refine_label`)
-    adds a final dense CRF over each mask; ``None`` (IRNet) writes the walk's argmax.
+    ``normalize`` is :func:`rw_to_label`'s. ``crf`` (keyword arguments of
+    :func:`~pole_core.refine.crf.crf_refine_label`) adds a final dense CRF over each
+    mask; ``None`` (IRNet) writes the walk's argmax.
     Returns ``{"done", "skipped"}``.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
