@@ -5,9 +5,8 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
-
-
+# No `configfile:` here: common.smk applies the demo config.yaml only when no --configfile
+# is given, so a real-data config never inherits demo values.
 report: "workflow/report/workflow.rst"
 
 

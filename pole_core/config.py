@@ -69,6 +69,37 @@ def validate_config(config: dict[str, Any], schema: dict | None = None) -> dict[
     return config
 
 
+def paper_defaults(schema: dict | None = None) -> dict[str, Any]:
+    """Every key at its schema default: the paper's settings, before any config file."""
+    schema = schema if schema is not None else load_schema()
+    config: dict[str, Any] = {}
+    cls = _with_defaults(jsonschema.validators.validator_for(schema))
+    for _ in cls(schema).iter_errors(config):  # filling defaults is a side effect of validating
+        pass
+    return config
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"crf": {"fg_thresh": 0.3}}`` -> ``{"crf.fg_thresh": 0.3}``; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value and key != "variants":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_diff(base: dict[str, Any], other: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two configs: ``{key: (base, other)}``.
+
+    A missing key reads as None, so the comparison is symmetric in what it reports.
+    """
+    a, b = flatten(base), flatten(other)
+    keys = sorted(set(a) | set(b))
+    return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
+
+
 def _check_semantics(config: dict[str, Any]) -> None:
     """Cross-key rules the schema cannot say."""
     data = config["data"]

@@ -15,6 +15,7 @@ from workflow_utils import REPO, planned_jobs, snakemake
 
 # Every rule of the DAG, in pipeline order (the order of the README table).
 STAGES = [
+    "effective_config",
     "world",
     "clip_pretrain",
     "clip_zeroshot",
@@ -41,6 +42,7 @@ STAGES_ALL = set(STAGES)
 
 # Job counts on config/smoke.yaml: 2 variants (baseline, pole), 2 shards for cams, crf, rw.
 FULL = {
+    "effective_config": 1,
     "world": 1,
     "clip_pretrain": 1,
     "clip_zeroshot": 1,
@@ -100,7 +102,8 @@ NEW_VARIANT_CHAIN = {
 }
 PER_VARIANT = set(NEW_VARIANT_CHAIN) - {"summary", "figures", "all"}
 
-# (what changes, how, exact {rule: jobs} of the dry run afterwards)
+# (what changes, how, exact {rule: jobs} of the dry run afterwards); every config change
+# also rewrites <results_dir>/config.yaml (rule effective_config), listed by _with_config.
 RERUN_CASES = [
     ("the world", "world={n_train: 25}", FULL),
     (
@@ -128,6 +131,9 @@ RERUN_CASES = [
         f"cam={{variants: {{{BASE_VARIANTS}, {NEW_VARIANT}}}}}",
         NEW_VARIANT_CHAIN,
     ),
+]
+RERUN_CASES = [
+    (what, change, {"effective_config": 1, **jobs}) for what, change, jobs in RERUN_CASES
 ]
 
 # (edited pole_core module, exact {rule: jobs}). code_version hashes whole pole_core

@@ -15,18 +15,18 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 def snakemake_cmd(
     workdir: Path,
     *args: str,
-    configfile: str = "config/smoke.yaml",
+    configfile: str | None = "config/smoke.yaml",
     snakefile: Path | None = None,
 ) -> list[str]:
-    """The snakemake command line: the repo's Snakefile (or `snakefile`), `workdir` as working directory."""
+    """The snakemake command line: the repo's Snakefile (or `snakefile`), `workdir` as working
+    directory; ``configfile=None`` gives no --configfile (the demo config applies)."""
     return [
         *SNAKEMAKE,
         "--snakefile",
         str(snakefile or REPO / "Snakefile"),
         "--directory",
         str(workdir),
-        "--configfile",
-        str(REPO / configfile),
+        *(["--configfile", str(REPO / configfile)] if configfile else []),
         "--cores",
         "2",
         *args,
@@ -36,7 +36,7 @@ def snakemake_cmd(
 def snakemake(
     workdir: Path,
     *args: str,
-    configfile: str = "config/smoke.yaml",
+    configfile: str | None = "config/smoke.yaml",
     check: bool = True,
     timeout: int = 900,
     snakefile: Path | None = None,
@@ -55,7 +55,7 @@ def snakemake(
 def planned_jobs(
     workdir: Path,
     *args: str,
-    configfile: str = "config/smoke.yaml",
+    configfile: str | None = "config/smoke.yaml",
     snakefile: Path | None = None,
 ) -> dict[str, int]:
     """The jobs a dry run would execute, as {rule: count} (from the 'Job stats' table)."""

@@ -6,8 +6,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir)))
 
 import yaml
+from snakemake.logging import logger
+from snakemake.utils import update_config
 
-from pole_core.config import ConfigError, load_schema, validate_config, variant_settings, thresholds
+from pole_core.config import (
+    ConfigError,
+    config_diff,
+    load_schema,
+    paper_defaults,
+    thresholds,
+    validate_config,
+    variant_settings,
+)
+
+# config.yaml is the demo run: it applies only when no --configfile is given, so a
+# real-data config (config/voc.yaml) starts from the paper defaults of the schema and
+# never inherits a demo value. `--configfile config.yaml` asks for the demo explicitly.
+if not workflow.overwrite_configfiles:
+    with open(Path(workflow.basedir) / "config.yaml") as _f:
+        _demo = yaml.safe_load(_f) or {}
+    update_config(_demo, dict(config))  # --config values win over the demo's
+    config.clear()
+    config.update(_demo)
 
 _SCALARS = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
 
@@ -33,6 +53,8 @@ def coerce_cli_strings(value, schema):
     elif isinstance(value, str):
         types = schema.get("type", [])
         types = [types] if isinstance(types, str) else list(types)
+        if "null" in types and value in ("null", "~", "Null", "NULL"):
+            return None  # `--config clip='{pretrained: null}'` means no value, not the text
         if types and "string" not in types:
             try:
                 parsed = yaml.safe_load(value)
@@ -54,6 +76,14 @@ except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
 R = config["results_dir"]
+
+# What this run changes against the paper defaults, at the start of every log; the whole
+# effective config is written to <results_dir>/config.yaml (rule effective_config).
+_changed = config_diff(paper_defaults(), config)
+logger.info(
+    f"config: {len(_changed)} keys differ from the paper defaults"
+    + (": " + ", ".join(f"{k}={v!r}" for k, (_, v) in _changed.items()) if _changed else "")
+)
 VARIANTS = list(config["cam"]["variants"])
 SEG_VARIANT = config["seg"]["variant"]
 WORLD = config["data"]["source"] == "world"
@@ -61,6 +91,41 @@ MINI_CLIP = config["clip"]["source"] == "mini"
 
 if not WORLD and not Path(config["data"]["root"]).is_dir():
     raise WorkflowError(f"{config['data']['root']}: dataset root not found (config data.root)")
+
+
+def _require_file(key, path, what):
+    """Stop before the DAG runs when a weights file the run needs is not given or not there."""
+    if not path:
+        raise WorkflowError(f"config: {key} is not set; {what}")
+    if not Path(path).is_file():
+        raise WorkflowError(f"config: {key} = {path}: file not found; {what}")
+
+
+# Real data: a network without its weights file would silently train from random weights.
+if not WORLD:
+    _cam, _aff, _seg, _clip = (config[k] for k in ("cam", "affinity", "seg", "clip"))
+    _RESNET50 = "torchvision's ResNet-50 ImageNet file resnet50-0676ba61.pth (or IRNet's resnet50-19c8e357.pth)"
+    if _cam["init"]:
+        _require_file("cam.init", _cam["init"], "IRNet's CAM classifier res50_cam.pth")
+    elif _cam["backbone"] == "resnet50":
+        _require_file("cam.weights", _cam["weights"], f"the CAM network starts from {_RESNET50}")
+    if _aff["backbone"] == "resnet50":
+        _require_file("affinity.weights", _aff["weights"], f"the boundary network reads {_RESNET50}")
+    if _seg["backbone"].startswith("deeplabv3"):
+        _depth = _seg["backbone"].removeprefix("deeplabv3_resnet")
+        _require_file(
+            "seg.weights",
+            _seg["weights"],
+            f"the segmenter starts from torchvision's ResNet-{_depth} ImageNet file "
+            f"({'resnet101-63fe2227.pth' if _depth == '101' else 'resnet50-0676ba61.pth'}) or a DeepLabV3 state dict",
+        )
+    if _clip["source"] == "open_clip" and _clip["checkpoint"]:
+        _require_file(
+            "clip.checkpoint",
+            _clip["checkpoint"],
+            f"the {_clip['model']} weights (OpenAI's .pt file or an open_clip state dict); "
+            "or set clip.checkpoint null and clip.pretrained to a tag that open_clip downloads",
+        )
 
 
 def class_names():
@@ -107,8 +172,18 @@ def clip_input():
 
 
 def cam_init_input():
-    """The shared CAM classifier both variants start from, when cam.pretrain.epochs > 0."""
+    """The CAM classifier both variants start from: IRNet's file (cam.init) or rule
+    pretrain_cam (cam.pretrain.epochs > 0); none = straight from cam.weights."""
+    if config["cam"]["init"]:
+        return [f"{R}/cam_net/init_imported.pt"]
     return [f"{R}/cam_net/init.pt"] if config["cam"]["pretrain"]["epochs"] > 0 else []
+
+
+def affinity_backbone_input(wildcards):
+    """What the boundary network reads: its own ImageNet ResNet-50 file, or the CAM network."""
+    if config["affinity"]["backbone"] == "cam_net":
+        return [f"{R}/cam_net/{wildcards.variant}/model.pt"]
+    return [config["affinity"]["weights"]]
 
 
 def prompts_input(wildcards):
@@ -140,6 +215,7 @@ GPU = 0 if config["device"] == "cpu" else 1
 
 # Under a cluster executor these run on the submit host: they only merge shards or read JSON.
 localrules:
+    effective_config,
     gather_cams,
     pseudo_masks,
     summary,
@@ -148,6 +224,7 @@ localrules:
 def final_outputs():
     """Every file of the results contract, so a deleted one (not only a stale one) is rebuilt."""
     out = [
+        f"{R}/config.yaml",
         f"{R}/summary.json",
         f"{R}/summary.md",
         f"{R}/figures/overlays.png",
@@ -160,3 +237,15 @@ def final_outputs():
     if MINI_CLIP:
         out.append(f"{R}/eval/clip_zeroshot.json")
     return out
+
+
+rule effective_config:
+    """The config this run used (schema defaults + config files + --config), as YAML."""
+    output:
+        f"{R}/config.yaml",
+    params:
+        config=dict(config),
+    log:
+        "logs/effective_config.log",
+    script:
+        "../scripts/effective_config.py"
