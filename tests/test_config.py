@@ -7,6 +7,8 @@ import yaml
 
 from pole_core.config import (
     ConfigError,
+    config_diff,
+    paper_defaults,
     schema_markdown,
     thresholds,
     validate_config,
@@ -28,13 +30,14 @@ def test_paper_defaults_are_filled_in():
     assert variant_settings(cfg, "baseline")["loss_weights"]["btm"] == 24
     assert variant_settings(cfg, "baseline")["loss_weights"]["reg"] == 0.2
     assert variant_settings(cfg, "pole")["adapters"] is True
-    assert cfg["crf"]["fg_thresh"] == 0.30 and cfg["crf"]["bg_thresh"] == 0.05
+    # thresholds of the CLIMS/POLE run script (IRNet: 0.30 / 0.05 and 0.25)
+    assert cfg["crf"]["fg_thresh"] == 0.30 and cfg["crf"]["bg_thresh"] == 0.10
     assert cfg["crf"]["bi_sxy"] == 50 and cfg["crf"]["bi_srgb"] == 5 and cfg["crf"]["iters"] == 10
     assert cfg["random_walk"] == {
         "beta": 10,
         "exp_times": 8,
         "radius": 5,
-        "bg_thresh": 0.25,
+        "bg_thresh": 0.20,
         "normalize": "global",
         "shards": 4,
         "crf": {
@@ -54,6 +57,33 @@ def test_paper_defaults_are_filled_in():
     assert cfg["cams"]["scales"] == [1.0, 0.5, 1.5, 2.0]
     assert cfg["cam"]["adapter_ratio"] == 0.2 and cfg["cam"]["cbs_thresh"] == 0.26
     assert cfg["cam"]["bg_words"][:3] == ["tree", "river", "sea"]
+
+
+def test_released_code_recipe_is_the_default():
+    """What the released CLIMS/POLE/IRNet code ran, where it differs from the textbook."""
+    cfg = validate_config(_voc())
+    cam, pre, aff = cfg["cam"], cfg["cam"]["pretrain"], cfg["affinity"]
+    # PolyOptimizer hands weight_decay to SGD's momentum slot; the per-group decay applies
+    assert (cam["momentum"], cam["weight_decay"]) == (1e-4, 1e-4)
+    assert (aff["momentum"], aff["weight_decay"]) == (1e-4, 1e-4)
+    assert cam["freeze_bn"] is False  # CLIMS's resnet50_v2: BN in train mode
+    # IRNet step 1 (run_sample.py) builds the start of the CAM stage
+    assert (pre["epochs"], pre["batch_size"], pre["lr"], pre["head_lr"]) == (5, 16, 0.1, 1.0)
+    assert pre["freeze_bn"] is True and pre["frozen_stages"] == 2
+    assert cam["init"] is None
+    assert aff["backbone"] == "resnet50"  # IRNet's own frozen ImageNet ResNet-50
+    assert cfg["data"]["crop_fill"] == "mean"  # zero padding after normalisation
+
+
+def test_paper_defaults_and_config_diff():
+    defaults = paper_defaults()
+    assert defaults["crf"]["fg_thresh"] == 0.30 and defaults["data"]["source"] == "voc"
+    assert config_diff(defaults, defaults) == {}
+    other = validate_config(_voc(crf={"bg_thresh": 0.05}))
+    assert config_diff(defaults, other) == {
+        "crf.bg_thresh": (0.10, 0.05),
+        "data.root": (None, "/data/VOC2012"),
+    }
 
 
 @pytest.mark.parametrize(

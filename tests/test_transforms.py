@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from pole_core.cam.network import IMAGENET_MEAN, IMAGENET_STD
 from pole_core.data.transforms import (
+    MEAN_FILL,
     AugmentedDataset,
     hflip,
     random_crop,
@@ -129,14 +131,37 @@ def test_augmented_dataset_shapes(ds):
     )
 
 
-def test_augmented_dataset_padding_is_ignored(ds):
+@pytest.mark.parametrize(("fill", "colour"), [("black", (0, 0, 0)), ("mean", MEAN_FILL)])
+def test_augmented_dataset_padding_is_ignored(ds, fill, colour):
     aug = AugmentedDataset(
-        ds, ds.ids("train"), resize_long=(32, 32), crop_size=48, flip=False, seed=0, mask_fn=ds.mask
+        ds,
+        ds.ids("train"),
+        resize_long=(32, 32),
+        crop_size=48,
+        flip=False,
+        seed=0,
+        mask_fn=ds.mask,
+        crop_fill=fill,
     )
     item = aug[0]
-    pad = (item["image"] == 0).all(0)
+    pixels = (item["image"].permute(1, 2, 0) * 255).round().to(torch.uint8)
+    pad = (pixels == torch.tensor(colour, dtype=torch.uint8)).all(-1)
     assert int(pad.sum()) == 48 * 48 - 32 * 32
     assert (item["mask"][pad] == 255).all()
+
+
+def test_mean_fill_is_zero_after_imagenet_normalisation():
+    """IRNet/CLIMS pad the normalised image with 0: the mean colour before normalising."""
+    mean = torch.tensor(MEAN_FILL, dtype=torch.float32) / 255
+    normalised = (mean - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    assert normalised.abs().max() < 0.01
+
+
+def test_unknown_crop_fill_is_refused(ds):
+    with pytest.raises(ValueError, match="crop_fill"):
+        AugmentedDataset(
+            ds, [], resize_long=None, crop_size=8, flip=False, seed=0, crop_fill="grey"
+        )
 
 
 def test_augmented_dataset_deterministic_and_order_free(ds):

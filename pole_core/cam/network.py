@@ -78,6 +78,9 @@ class ResNet50Backbone(nn.Module):
         """conv1 + bn1: frozen during CAM training, as in IRNet/CLIMS (low-level ImageNet filters)."""
         return [*self.conv1.parameters(), *self.bn1.parameters()]
 
+    def stages_list(self) -> list[nn.Module]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
     def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The five stage outputs IRNet's boundary branch reads (stem, layer1..layer4)."""
         out = [self.maxpool(self.relu(self.bn1(self.conv1(x))))]
@@ -127,6 +130,9 @@ class MiniBackbone(nn.Module):
 
     def stem_parameters(self) -> list[nn.Parameter]:
         return []
+
+    def stages_list(self) -> list[nn.Module]:
+        return list(self.stages)
 
     def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every stage's output, shallow (sharp) to deep (semantic)."""
@@ -195,6 +201,28 @@ class CamNet(nn.Module):
     def cam(self, x: torch.Tensor) -> torch.Tensor:
         """ReLU of the head output: the class activation maps used for extraction."""
         return F.relu(self.forward(x))
+
+    def freeze_stages(self, n: int) -> None:
+        """Stop gradients into the first ``n`` backbone stages (after the stem).
+
+        IRNet's CAM classifier detaches after layer2, so conv1 to layer2 keep their
+        ImageNet weights (``n = 2``); the stem is always frozen.
+        """
+        stages = self.backbone.stages_list()
+        if not 0 <= n <= len(stages):
+            raise ValueError(f"freeze_stages: n must be in 0..{len(stages)}, got {n}")
+        for stage in stages[:n]:
+            for p in stage.parameters():
+                p.requires_grad_(False)
+
+    def set_freeze_bn(self, freeze: bool) -> None:
+        """Choose BN's training mode for the next training (recorded in ``arch``).
+
+        IRNet's CAM classifier fixes BN (ImageNet statistics); the CLIMS/POLE CAM stage
+        fine-tunes from it with BN in train mode (batch statistics).
+        """
+        self.freeze_bn = bool(freeze)
+        self.arch["freeze_bn"] = self.freeze_bn
 
     def train(self, mode: bool = True) -> CamNet:
         """Standard train/eval, except BN layers stay in eval mode when ``freeze_bn`` (IRNet)."""
@@ -304,3 +332,63 @@ def build_cam_net(
         "freeze_bn": bool(freeze_bn),
     }
     return CamNet(body, n_classes, freeze_bn=bool(freeze_bn), arch=arch)
+
+
+# IRNet's Net (net/resnet50_cam.py) wraps the ResNet as ``resnet50.*`` and, sharing the same
+# modules, as ``stage1`` (conv1, bn1, relu, maxpool, layer1) .. ``stage4``; its saved file
+# holds both spellings. Either one maps onto the torchvision names of ResNet50Backbone.
+_IRNET_STAGES = {
+    "stage1.0.": "conv1.",
+    "stage1.1.": "bn1.",
+    "stage1.4.": "layer1.",
+    "stage2.0.": "layer2.",
+    "stage3.0.": "layer3.",
+    "stage4.0.": "layer4.",
+}
+
+
+def irnet_cam_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the keys of IRNet's ``res50_cam.pth`` (step 1) to :class:`CamNet`'s.
+
+    ``resnet50.<name>`` and ``stageN.M.<name>`` become ``backbone.<torchvision name>``,
+    ``classifier.weight`` stays; anything else (``resnet50.fc.*``) is dropped.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith("resnet50."):
+            name = key.removeprefix("resnet50.")
+            if not name.startswith("fc."):
+                out[f"backbone.{name}"] = value
+        elif key.startswith("classifier."):
+            out[key] = value
+        else:
+            for old, new in _IRNET_STAGES.items():
+                if key.startswith(old):
+                    out.setdefault(f"backbone.{new}{key.removeprefix(old)}", value)
+                    break
+    return out
+
+
+def import_irnet_cam(
+    path: str | os.PathLike, n_classes: int = 20, strides: Sequence[int] = (2, 2, 2, 1)
+) -> CamNet:
+    """A ResNet-50 :class:`CamNet` with the weights of IRNet's released ``res50_cam.pth``.
+
+    BN stays fixed, as IRNet trained it; the CAM stage decides its own BN mode.
+    """
+    path = Path(path)
+    state = irnet_cam_state_dict(_read_state_dict(path))
+    net = build_cam_net("resnet50", n_classes, strides=strides, freeze_bn=True)
+    own = net.state_dict()
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = mismatch_summary(missing, unexpected, wrong)
+        raise ValueError(
+            f"{path}: not IRNet's ResNet-50 CAM classifier for {n_classes} classes: "
+            + ", ".join(parts)
+        )
+    net.load_state_dict(state, strict=False)
+    return net

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..device import autocast, resolve_device
+from ..device import autocast, grad_scaler, resolve_device
 from ..io.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -95,7 +95,7 @@ def pretrain_cam_classifier(
     for g in groups:
         g["initial_lr"] = g["lr"]
     opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
+    scaler = grad_scaler(dev)
     start_epoch, step, history = 0, 0, []
     if part.is_file():
         ck = load_checkpoint(part, map_location="cpu")

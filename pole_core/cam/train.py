@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..device import autocast, resolve_device
+from ..device import autocast, grad_scaler, resolve_device
 from ..io.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -212,7 +212,7 @@ def train_cam(
     for g in groups:
         g["initial_lr"] = g["lr"]
     optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    scaler = grad_scaler(device)
 
     start_epoch, global_step, history = 0, 0, []
     if part.is_file():

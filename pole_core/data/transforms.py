@@ -57,16 +57,25 @@ def random_resize_long(
     return out, [resize_long(m, target, cv2.INTER_NEAREST) for m in masks or ()]
 
 
+# The ImageNet mean colour as uint8: IRNet/CLIMS normalise first and pad with 0, which is
+# this colour before normalisation.
+MEAN_FILL: tuple[int, int, int] = (124, 116, 104)
+CROP_FILLS: dict[str, int | tuple[int, int, int]] = {"mean": MEAN_FILL, "black": 0}
+
+
 def random_crop(
     img: np.ndarray,
     masks: Sequence[np.ndarray] | None,
     size: int,
     rng: np.random.Generator,
     mask_fill: int = IGNORE,
+    image_fill: int | Sequence[int] = 0,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """A ``size``×``size`` window at a random place; smaller inputs are padded first.
 
-    Padding is 0 for the image and ``mask_fill`` (ignore) for masks, and the image is
+    Padding is ``image_fill`` for the image (0, or :data:`MEAN_FILL`, the colour that
+    IRNet/CLIMS's zero padding after normalisation stands for) and ``mask_fill``
+    (ignore) for masks, and the image is
     placed at a random offset inside the padded canvas (as IRNet does), so padding does
     not always sit bottom-right.
     """
@@ -75,14 +84,14 @@ def random_crop(
     py, px = int(rng.integers(ch - h + 1)), int(rng.integers(cw - w + 1))
     cy, cx = int(rng.integers(ch - size + 1)), int(rng.integers(cw - size + 1))
 
-    def crop(a: np.ndarray, fill: int) -> np.ndarray:
+    def crop(a: np.ndarray, fill: int | Sequence[int]) -> np.ndarray:
         if (ch, cw) != (h, w):
             canvas = np.full((ch, cw, *a.shape[2:]), fill, dtype=a.dtype)
             canvas[py : py + h, px : px + w] = a
             a = canvas
         return np.ascontiguousarray(a[cy : cy + size, cx : cx + size])
 
-    return crop(img, 0), [crop(m, mask_fill) for m in masks or ()]
+    return crop(img, image_fill), [crop(m, mask_fill) for m in masks or ()]
 
 
 def hflip(img: np.ndarray) -> np.ndarray:
@@ -109,7 +118,10 @@ class AugmentedDataset(Dataset):
         flip: bool,
         seed: int,
         mask_fn: Callable[[str], np.ndarray] | None = None,
+        crop_fill: str = "mean",
     ):
+        if crop_fill not in CROP_FILLS:
+            raise ValueError(f"crop_fill must be one of {sorted(CROP_FILLS)}, got {crop_fill!r}")
         self.dataset = dataset
         self.ids = list(ids)
         self.resize_long = resize_long
@@ -117,6 +129,7 @@ class AugmentedDataset(Dataset):
         self.flip = flip
         self.seed = int(seed)
         self.mask_fn = mask_fn
+        self.image_fill = CROP_FILLS[crop_fill]
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -139,7 +152,7 @@ class AugmentedDataset(Dataset):
         if self.flip and rng.random() < 0.5:
             img, masks = hflip(img), [hflip(m) for m in masks]
         if self.crop_size is not None:
-            img, masks = random_crop(img, masks, self.crop_size, rng)
+            img, masks = random_crop(img, masks, self.crop_size, rng, image_fill=self.image_fill)
         item = {
             "image": to_tensor(img),
             "labels": torch.from_numpy(self.dataset.labels(img_id)),

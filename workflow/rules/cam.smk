@@ -9,14 +9,32 @@ PRETRAIN_CAM_KEYS = (
     "crop_size",
     "flip",
     "weight_decay",
+    "momentum",
     "workers",
     "pretrain",
 )
 
 
+rule import_cam_init:
+    """IRNet's released CAM classifier (cam.init) in this pipeline's CAM-network format."""
+    input:
+        config["cam"]["init"] or [],
+    output:
+        f"{R}/cam_net/init_imported.pt",
+    params:
+        strides=config["cam"]["strides"],
+        n_classes=len(class_names()),
+        code=code_version("cam"),
+    log:
+        "logs/import_cam_init.log",
+    script:
+        "../scripts/import_cam_init.py"
+
+
 rule pretrain_cam:
     input:
         data=data_root(),
+        aug=sbd_input(),
     output:
         f"{R}/cam_net/init.pt",
     params:
@@ -24,6 +42,7 @@ rule pretrain_cam:
         cam={k: config["cam"][k] for k in PRETRAIN_CAM_KEYS},
         split=config["data"]["train_split"],
         max_images=config["data"]["max_images"],
+        crop_fill=config["data"]["crop_fill"],
         seed=config["seed"],
         device=config["device"],
         code=code_version("cam", "data"),
@@ -41,6 +60,7 @@ rule pretrain_cam:
 rule train_cam:
     input:
         data=data_root(),
+        aug=sbd_input(),
         clip=clip_input(),
         prompts=prompts_input,
         init=cam_init_input(),
@@ -52,6 +72,7 @@ rule train_cam:
         clip=config["clip"],
         split=config["data"]["train_split"],
         max_images=config["data"]["max_images"],
+        crop_fill=config["data"]["crop_fill"],
         seed=config["seed"],
         device=config["device"],
         code=code_version("cam", "clip", "data"),
@@ -69,6 +90,7 @@ rule train_cam:
 rule extract_cams:
     input:
         data=data_root(),
+        aug=sbd_input(),
         model=f"{R}/cam_net/{{variant}}/model.pt",
     output:
         f"{R}/cams/{{variant}}/shard_{{scatteritem}}.h5",
@@ -103,6 +125,7 @@ rule gather_cams:
 rule eval_cam:
     input:
         data=data_root(),
+        aug=sbd_input(),
         cams=f"{R}/cams/{{variant}}.h5",
     output:
         report(

@@ -1,4 +1,4 @@
-"""Rule pretrain_cam: the plain CAM classifier both variants start from (demo stand-in for ImageNet)."""
+"""Rule pretrain_cam: the plain CAM classifier both variants start from (IRNet step 1)."""
 
 from pathlib import Path
 
@@ -14,6 +14,8 @@ def main(log):
     train_ids = ids(ds, snakemake.params.split, snakemake.params.max_images)
     items = augmented_items(snakemake, ds, train_ids, cam)
     net = new_cam_net(cam, ds.n_classes)
+    net.set_freeze_bn(pre["freeze_bn"])
+    net.freeze_stages(pre["frozen_stages"])
     stats = pretrain_cam_classifier(
         net,
         items,
@@ -23,6 +25,7 @@ def main(log):
         lr=pre["lr"],
         head_lr=pre["head_lr"],
         weight_decay=cam["weight_decay"],
+        momentum=cam["momentum"],
         seed=snakemake.params.seed,
         device=device(snakemake),
         workers=cam["workers"],

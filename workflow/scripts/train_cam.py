@@ -36,11 +36,12 @@ def main(log):
         return {int(k): template.format(token(image_id, int(k))) for k in present}
 
     items = augmented_items(snakemake, ds, train_ids, cam)
-    if snakemake.input.init:  # cam.pretrain: start from the shared CAM classifier
+    if snakemake.input.init:  # cam.init or cam.pretrain: start from the CAM classifier
         net = load_cam_net(snakemake.input.init[0])[0]
         log.info("starting from the CAM classifier %s", snakemake.input.init[0])
     else:
         net = new_cam_net(cam, ds.n_classes)
+    net.set_freeze_bn(cam["freeze_bn"])
     log.info(
         "variant %s: %d images, prompts=%s, adapters=%s, weights=%s",
         snakemake.wildcards.variant,
@@ -63,6 +64,7 @@ def main(log):
         lr=cam["lr"],
         head_lr=cam["head_lr"],
         weight_decay=cam["weight_decay"],
+        momentum=cam["momentum"],
         loss_weights=weights,
         adapters=variant["adapters"],
         adapter_ratio=cam["adapter_ratio"],
