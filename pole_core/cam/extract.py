@@ -294,7 +294,7 @@ def batch_cams(
                 x = torch.cat([x, x.flip(-1)], 0)  # image and flip in one forward
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, enabled=amp):
+            with autocast(device, enabled=amp, dtype=torch.float16):
                 cam = net.cam(x)
             cam = F.relu(cam.float())
             cams.append(cam[:n] + cam[n:].flip(-1) if flip else cam)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..device import autocast, resolve_device
+from ..device import autocast, grad_scaler, resolve_device
 from ..io.atomic import atomic_path
 from ..io.checkpoint import (
     load_checkpoint,
@@ -450,6 +450,7 @@ def train_affinity(
     batch_size: int = 32,
     lr: float = 0.1,
     weight_decay: float = 1e-4,
+    momentum: float = 1e-4,
     poly_power: float = 0.9,
     seed: int = 0,
     device: str | torch.device = "cpu",
@@ -460,7 +461,8 @@ def train_affinity(
 ) -> dict[str, Any]:
     """Train the boundary head on CRF labels; save ``{"head", "in_channels", "width", ...}`` to ``out_path``.
 
-    SGD (momentum 0, as IRNet's PolyOptimizer) with poly lr
+    SGD with poly lr (IRNet's PolyOptimizer hands weight decay to SGD's momentum slot:
+    its released runs had momentum 1e-4, hence that default)
     ``lr · (1 − step/max_step)^0.9``; ``max_step = steps per epoch · epochs``.
     After every epoch ``<out_path>.partial.pt`` holds head, optimizer, step and
     RNG state; a new call with the same settings resumes from it (one with other
@@ -473,7 +475,10 @@ def train_affinity(
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     pi = path_index(radius)
     net.to(dev)
-    opt = torch.optim.SGD(net.head.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.SGD(
+        net.head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    scaler = grad_scaler(dev)  # float16 autocast: the boundary gradients (~1e-7) underflow unscaled
 
     n = len(items)
     if n == 0:
@@ -488,6 +493,7 @@ def train_affinity(
         batch_size=batch_size,
         lr=lr,
         weight_decay=weight_decay,
+        momentum=momentum,
         poly_power=poly_power,
         seed=seed,
         n_items=n,
@@ -538,8 +544,9 @@ def train_affinity(
             aff = affinity_from_boundary(boundary.float(), pi)
             loss = affinity_loss(aff, downsample_labels(masks, net.stride), pi)["total"]
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             step += 1
             total += float(loss.detach())
             count += 1

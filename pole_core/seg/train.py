@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..device import autocast, resolve_device
+from ..device import autocast, grad_scaler, resolve_device
 from ..io.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -101,7 +101,7 @@ def train_seg(
     seed_everything(seed)
     net.to(dev)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
+    scaler = grad_scaler(dev)
     start_epoch, step, history = 0, 0, []
 
     if partial.is_file():

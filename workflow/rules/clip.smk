@@ -36,6 +36,8 @@ rule clip_zeroshot:
         device=config["device"],
         code=code_version("clip", "data"),
     threads: workflow.cores
+    resources:
+        gpu=GPU,
     log:
         "logs/clip_zeroshot/clip_zeroshot.log",
     benchmark:

@@ -4,6 +4,7 @@
 rule crf:
     input:
         data=data_root(),
+        aug=sbd_input(),
         cams=f"{R}/cams/{{variant}}.h5",
         cam_eval=f"{R}/eval/cam_{{variant}}.json",
     output:
@@ -26,6 +27,7 @@ rule crf:
 rule eval_crf:
     input:
         data=data_root(),
+        aug=sbd_input(),
         shards=gather.crf(f"{R}/crf/{{{{variant}}}}/shard_{{scatteritem}}"),
     output:
         f"{R}/eval/crf_{{variant}}.json",
@@ -42,7 +44,8 @@ rule eval_crf:
 rule train_affinity:
     input:
         data=data_root(),
-        cam_net=f"{R}/cam_net/{{variant}}/model.pt",
+        aug=sbd_input(),
+        backbone=affinity_backbone_input,
         shards=gather.crf(f"{R}/crf/{{{{variant}}}}/shard_{{scatteritem}}"),
     output:
         f"{R}/affinity/{{variant}}/model.pt",
@@ -50,6 +53,7 @@ rule train_affinity:
         affinity=config["affinity"],
         split=config["data"]["train_split"],
         max_images=config["data"]["max_images"],
+        crop_fill=config["data"]["crop_fill"],
         seed=config["seed"],
         device=config["device"],
         code=code_version("refine", "cam", "data"),
@@ -67,13 +71,15 @@ rule train_affinity:
 rule random_walk:
     input:
         data=data_root(),
+        aug=sbd_input(),
         cams=f"{R}/cams/{{variant}}.h5",
-        cam_net=f"{R}/cam_net/{{variant}}/model.pt",
+        backbone=affinity_backbone_input,
         affinity=f"{R}/affinity/{{variant}}/model.pt",
     output:
         directory(f"{R}/rw/{{variant}}/shard_{{scatteritem}}"),
     params:
         rw=config["random_walk"],
+        affinity_backbone=config["affinity"]["backbone"],
         splits=[config["data"]["train_split"], config["data"]["eval_split"]],
         max_images=config["data"]["max_images"],
         device=config["device"],
@@ -103,6 +109,7 @@ rule pseudo_masks:
 rule eval_pseudo:
     input:
         data=data_root(),
+        aug=sbd_input(),
         masks=f"{R}/pseudo_masks/{{variant}}",
     output:
         report(
@@ -123,6 +130,7 @@ rule eval_pseudo:
 rule export:
     input:
         data=data_root(),
+        aug=sbd_input(),
         masks=f"{R}/pseudo_masks/{SEG_VARIANT}",
     output:
         voc=directory(f"{R}/export/voc"),

@@ -4,6 +4,7 @@
 rule train_seg:
     input:
         data=data_root(),
+        aug=sbd_input(),
         masks=f"{R}/pseudo_masks/{SEG_VARIANT}",
     output:
         f"{R}/seg/model.pt",
@@ -11,6 +12,7 @@ rule train_seg:
         seg=config["seg"],
         split=config["data"]["train_split"],
         max_images=config["data"]["max_images"],
+        crop_fill=config["data"]["crop_fill"],
         seed=config["seed"],
         device=config["device"],
         code=code_version("seg", "data"),
@@ -28,6 +30,7 @@ rule train_seg:
 rule eval_seg:
     input:
         data=data_root(),
+        aug=sbd_input(),
         model=f"{R}/seg/model.pt",
     output:
         score=report(
@@ -44,6 +47,8 @@ rule eval_seg:
         device=config["device"],
         code=code_version("seg", "refine", "data"),
     threads: workflow.cores
+    resources:
+        gpu=GPU,
     log:
         "logs/eval_seg/eval_seg.log",
     benchmark:

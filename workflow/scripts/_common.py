@@ -57,8 +57,13 @@ def run(snakemake, main: Callable[[logging.Logger], None]) -> None:
 
 
 def dataset(snakemake) -> VOCDataset:
-    """The VOC-layout dataset of the run (the world's output folder or data.root)."""
-    return VOCDataset(Path(snakemake.input.data))
+    """The VOC-layout dataset of the run (the world's output folder or data.root), with the
+    SBD train_aug folder as its aug_root when the rule has one (input ``aug``)."""
+    # `aug=sbd_input()` is a list: Snakemake gives a (possibly empty) Namedlist for it.
+    aug = snakemake.input.get("aug")
+    if aug is not None and not isinstance(aug, (str, Path)):
+        aug = aug[0] if len(aug) else None
+    return VOCDataset(Path(snakemake.input.data), aug_root=aug)
 
 
 def ids(ds: VOCDataset, split: str, max_images: int) -> list[str]:
@@ -101,6 +106,7 @@ def clip_bundle(snakemake):
         checkpoint=c["checkpoint"],
         input_size=c["input_size"],
         device=dev,
+        quick_gelu=c.get("quick_gelu"),
     )
 
 
@@ -118,6 +124,7 @@ def augmented_items(snakemake, ds: VOCDataset, image_ids: list[str], cfg: dict, 
         resize_long=tuple(cfg["resize_long"]),
         crop_size=cfg["crop_size"],
         seed=snakemake.params.seed,
+        crop_fill=snakemake.params.crop_fill,
         **kw,
     )
 
@@ -133,6 +140,22 @@ def new_cam_net(cam_cfg: dict, n_classes: int):
         widths=tuple(cam_cfg["widths"]),
         weights=cam_cfg["weights"],
     )
+
+
+def boundary_features(backbone: str, path: str, dev: torch.device):
+    """The frozen feature levels the boundary network reads (affinity.backbone).
+
+    ``resnet50``: IRNet's own ResNet-50 (strides 2,2,2,1, BN fixed) from the ImageNet
+    file ``path``; ``cam_net``: the backbone of the CAM network saved at ``path``.
+    """
+    from pole_core.cam.network import build_cam_net
+    from pole_core.cam.train import load_cam_net
+
+    if backbone == "cam_net":
+        net = load_cam_net(path, dev)[0]
+    else:
+        net = build_cam_net("resnet50", 1, weights=path, freeze_bn=True).to(dev).eval()
+    return net.feature_levels
 
 
 def bg_words(cam_cfg: dict, root: Path) -> list[str]:

@@ -1,9 +1,8 @@
 """Rule random_walk: one shard of pseudo-masks, CAMs propagated over the predicted boundaries."""
 
-from _common import dataset, device, run, shard_index, union_ids
+from _common import boundary_features, dataset, device, run, shard_index, union_ids
 
 from pole_core.cam.extract import shard_ids
-from pole_core.cam.train import load_cam_net
 from pole_core.refine.affinity import load_affinity_net
 from pole_core.refine.random_walk import run_random_walk_shard
 
@@ -21,8 +20,10 @@ def main(log):
         union_ids(ds, snakemake.params.splits, snakemake.params.max_images), n, shard
     )
     dev = device(snakemake)
-    cam_net, _, _ = load_cam_net(snakemake.input.cam_net, dev)
-    net = load_affinity_net(cam_net.feature_levels, snakemake.input.affinity, map_location=dev)
+    features = boundary_features(
+        snakemake.params.affinity_backbone, snakemake.input.backbone[0], dev
+    )
+    net = load_affinity_net(features, snakemake.input.affinity, map_location=dev)
     stats = run_random_walk_shard(
         ds,
         my_ids,

@@ -1,10 +1,9 @@
-"""Rule train_affinity: IRNet boundary network on the CRF labels, over the frozen CAM backbone."""
+"""Rule train_affinity: IRNet boundary network on the CRF labels, over a frozen backbone."""
 
 from pathlib import Path
 
-from _common import augmented_items, dataset, device, find_in_shards, ids, run
+from _common import augmented_items, boundary_features, dataset, device, find_in_shards, ids, run
 
-from pole_core.cam.train import load_cam_net
 from pole_core.io.png import read_mask
 from pole_core.refine.affinity import AffinityNet, train_affinity
 
@@ -23,9 +22,8 @@ def main(log):
         flip=True,
     )
     dev = device(snakemake)
-    cam_net, _, _ = load_cam_net(snakemake.input.cam_net, dev)
     net = AffinityNet(
-        cam_net.feature_levels,
+        boundary_features(a["backbone"], snakemake.input.backbone[0], dev),
         stride=a["stride"],
         context=a["context"],
         image_level=a["image_level"],
@@ -39,6 +37,7 @@ def main(log):
         batch_size=a["batch_size"],
         lr=a["lr"],
         weight_decay=a["weight_decay"],
+        momentum=a["momentum"],
         seed=snakemake.params.seed,
         device=dev,
         num_workers=a["workers"],
