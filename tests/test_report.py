@@ -135,3 +135,11 @@ def test_threshold_curve_and_prompt_histogram(tmp_path):
     prompt_histogram(hist, tmp_path / "hist.png", names)
     with Image.open(tmp_path / "hist.png") as im:
         assert im.size == (4 * 320, 2 * 240)
+
+
+def test_atomic_outputs_get_the_usual_file_mode(tmp_path):
+    """mkstemp's 0600 must not reach the results: a shared results folder stays readable."""
+    from pole_core.io.atomic import current_umask, write_json
+
+    write_json(tmp_path / "x.json", {"a": 1})
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~current_umask()

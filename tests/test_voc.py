@@ -55,16 +55,23 @@ def test_voc_constants():
     assert VOC_PROMPTS["pottedplant"] == "potted plant"
     assert VOC_PROMPTS["tvmonitor"] == "tv monitor"
     assert VOC_PROMPTS["cat"] == "cat"
+    assert VOC_PROMPTS["person"] == "player"  # CLIMS/POLE prompt; "person" is a synonym
     assert set(VOC_SYNONYMS) == set(VOC_CLASSES)
-    assert all(len(v) == 3 and len(set(v)) == 3 for v in VOC_SYNONYMS.values())
-    assert VOC_SYNONYMS["aeroplane"] == ["plane", "aircraft", "airplane"]
+    # the released POLE bank: three synonyms per class, four for person
+    for name, syn in VOC_SYNONYMS.items():
+        assert len(syn) == len(set(syn)) == (4 if name == "person" else 3), name
+        assert VOC_PROMPTS[name] not in syn
+    assert VOC_SYNONYMS["aeroplane"] == ["aircraft", "airplane", "plane"]
+    assert VOC_SYNONYMS["person"] == ["person", "individual", "human", "people"]
+    assert VOC_SYNONYMS["horse"] == ["equine", "mare", "stallion"]
+    assert VOC_SYNONYMS["motorbike"] == ["motorcycle", "bike", "scooter"]
 
 
 def test_load_classes_falls_back_to_voc(tmp_path):
     bank = load_classes(tmp_path)
     assert bank.names == list(VOC_CLASSES)
     assert bank.prompts[VOC_CLASSES.index("tvmonitor")] == "tv monitor"
-    assert bank.synonyms["sofa"] == ["couch", "settee", "loveseat"]
+    assert bank.synonyms["sofa"] == ["couch", "loveseat", "settee"]
     with pytest.raises(DataError, match="not found"):
         load_classes(tmp_path / "nope.json")
 
@@ -139,13 +146,16 @@ def test_irnet_integer_keys_in_cls_labels(tmp_path):
     np.testing.assert_array_equal(ds.labels("2007_000032"), lab)
 
 
-def test_segmentation_class_aug_preferred(tmp_path):
+def test_segmentation_class_preferred_over_aug(tmp_path):
+    # Scoring uses VOC's ground truth (255 boundaries); Aug only for ids VOC lacks.
     root = _voc_root(tmp_path)
     aug = np.full((20, 30), 7, np.uint8)
     write_mask(root / "SegmentationClassAug" / "a0.png", aug)
+    (root / "SegmentationClass" / "a1.png").unlink()
+    write_mask(root / "SegmentationClassAug" / "a1.png", aug)
     ds = VOCDataset(root)
-    assert (ds.mask("a0") == 7).all()
-    assert ds.mask("a1").max() == 255  # not in Aug: falls back to SegmentationClass
+    assert ds.mask("a0").max() == 255 and not (ds.mask("a0") == 7).any()
+    assert (ds.mask("a1") == 7).all()  # not in SegmentationClass: falls back to Aug
 
 
 def test_missing_root():

@@ -2,7 +2,9 @@
 
 Both share the layout ``JPEGImages/<id>.jpg``, ``SegmentationClass[Aug]/<id>.png``,
 ``ImageSets/Segmentation/<split>.txt`` and optionally ``cls_labels.npy``; the world
-adds ``classes.json``. Every problem with the data surfaces as one :class:`DataError`
+adds ``classes.json``. An optional second folder (``aug_root``, e.g. the output of
+:func:`pole_core.data.sbd.build_train_aug`) supplies ``<split>.txt``,
+``SegmentationClassAug/`` and ``cls_labels.npy`` that the VOC root lacks. Every problem with the data surfaces as one :class:`DataError`
 line naming the file, so a broken dataset fails at the stage that reads it, legibly.
 """
 
@@ -49,34 +51,36 @@ VOC_CLASSES: tuple[str, ...] = (
 VOC_PROMPTS: dict[str, str] = {
     **{c: c for c in VOC_CLASSES},
     "diningtable": "dining table",
+    "person": "player",  # CLIMS and POLE prompt person as "player"
     "pottedplant": "potted plant",
     "tvmonitor": "tv monitor",
 }
-# The synonym bank implied by the released POLE selections (METHOD.md), three per class.
-# horse and motorbike list two in the source; "pony" and "moped" complete them.
+# The bank of the released POLE code (its per-image selections use exactly these), in its
+# order; the candidates of a class are its prompt text above, then these. For person the
+# dataset name is a synonym of the prompt "player"; "bike" is a candidate of two classes.
 VOC_SYNONYMS: dict[str, list[str]] = {
-    "aeroplane": ["plane", "aircraft", "airplane"],
+    "aeroplane": ["aircraft", "airplane", "plane"],
     "bicycle": ["bike", "cycle", "pedal bike"],
-    "bird": ["fowl", "avian", "feathered friend"],
-    "boat": ["ship", "watercraft", "vessel"],
-    "bottle": ["jar", "container", "flask"],
-    "bus": ["omnibus", "coach", "transit"],
-    "car": ["automobile", "sedan", "vehicle"],
-    "cat": ["feline", "tomcat", "kitty"],
-    "chair": ["recliner", "armchair", "seat"],
+    "bird": ["avian", "fowl", "feathered friend"],
+    "boat": ["ship", "vessel", "watercraft"],
+    "bottle": ["flask", "container", "jar"],
+    "bus": ["coach", "transit", "omnibus"],
+    "car": ["automobile", "vehicle", "sedan"],
+    "cat": ["feline", "kitty", "tomcat"],
+    "chair": ["seat", "armchair", "recliner"],
     "cow": ["bovine", "heifer", "bull"],
-    "diningtable": ["dinner table", "kitchen table", "breakfast table"],
-    "dog": ["hound", "canine", "puppy"],
-    "horse": ["equine", "stallion", "pony"],
-    "motorbike": ["motorcycle", "scooter", "moped"],
-    "person": ["player", "people", "human"],
+    "diningtable": ["kitchen table", "dinner table", "breakfast table"],
+    "dog": ["canine", "puppy", "hound"],
+    "horse": ["equine", "mare", "stallion"],
+    "motorbike": ["motorcycle", "bike", "scooter"],
+    "person": ["person", "individual", "human", "people"],
     "pottedplant": ["houseplant", "flowerpot", "planter"],
-    "sheep": ["ewe", "lamb", "ram"],
-    "sofa": ["couch", "settee", "loveseat"],
+    "sheep": ["lamb", "ewe", "ram"],
+    "sofa": ["couch", "loveseat", "settee"],
     "train": ["locomotive", "subway", "monorail"],
-    "tvmonitor": ["flat screen", "display screen", "television"],
+    "tvmonitor": ["television", "display screen", "flat screen"],
 }
-# CLIMS's class-related background words for VOC (METHOD.md, CBS loss).
+# CLIMS's class-related background words for VOC (the released CLIMS code's list, CBS loss).
 VOC_BG_WORDS: tuple[str, ...] = (
     "tree",
     "river",
@@ -167,6 +171,32 @@ def _decode_rgb(path: Path) -> np.ndarray:
     return arr
 
 
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def split_entry_id(token: str) -> str:
+    """Id of a split-list entry's first column: ``2007_000032`` or the stem of
+    ``/JPEGImages/2007_000032.jpg`` (the two-column train_aug list format)."""
+    if "/" in token or "\\" in token or token.lower().endswith(_IMAGE_SUFFIXES):
+        return Path(token.replace("\\", "/")).stem
+    return token
+
+
+def read_split(path: str | os.PathLike) -> list[str]:
+    """Ids of a one- or two-column split list (first column; blank lines skipped)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DataError(f"{path}: split file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: unreadable split file ({err})") from None
+    ids = [split_entry_id(line.split()[0]) for line in text.splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"{path}: split is empty")
+    return ids
+
+
 def _decode_id(key: object) -> str:
     """IRNet's cls_labels.npy keys ids as ints (2007_000032 -> 2007000032); undo that."""
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
@@ -179,13 +209,23 @@ class VOCDataset:
     """Reader for a VOC-layout root (real VOC2012 or the generated world).
 
     ``class_names`` defaults to :func:`load_classes` (``classes.json`` or the VOC 20).
-    Split lists and derived labels are cached; images and masks are read on demand.
+    ``aug_root`` (optional) is a folder with ``<split>.txt``, ``SegmentationClassAug/`` and
+    ``cls_labels.npy`` (the train_aug files built from SBD), each used only where ``root``
+    has none. Split lists and derived labels are cached; images and masks are read on demand.
     """
 
-    def __init__(self, root: str | os.PathLike, class_names: list[str] | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        class_names: list[str] | None = None,
+        aug_root: str | os.PathLike | None = None,
+    ):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: dataset root not found")
+        self.aug_root = Path(aug_root) if aug_root is not None else None
+        if self.aug_root is not None and not self.aug_root.is_dir():
+            raise DataError(f"{self.aug_root}: aug root not found")
         self.class_names: list[str] = list(
             class_names if class_names is not None else load_classes(self.root).names
         )
@@ -195,30 +235,31 @@ class VOCDataset:
         self._ids: dict[str, list[str]] = {}
         self._labels: dict[str, np.ndarray] = {}
         self._cls_labels: dict[str, np.ndarray] | None = None
-        aug = self.root / "SegmentationClassAug"
-        self._mask_dirs = (
-            [aug, self.root / "SegmentationClass"]
-            if aug.is_dir()
-            else [self.root / "SegmentationClass"]
-        )
+        self._cls_labels_path: Path | None = None
+        # Scoring needs VOC's own ground truth (with its 255 boundaries): SegmentationClass
+        # first, the Aug folders only for ids VOC does not annotate.
+        dirs = [self.root / "SegmentationClass", self.root / "SegmentationClassAug"]
+        if self.aug_root is not None:
+            dirs.append(self.aug_root / "SegmentationClassAug")
+        self._mask_dirs = [dirs[0]] + [d for d in dirs[1:] if d.is_dir()]
 
     def __repr__(self) -> str:
-        return f"VOCDataset({str(self.root)!r}, n_classes={self.n_classes})"
+        aug = f", aug_root={str(self.aug_root)!r}" if self.aug_root is not None else ""
+        return f"VOCDataset({str(self.root)!r}{aug}, n_classes={self.n_classes})"
 
     # -- ids -------------------------------------------------------------------
     def ids(self, split: str) -> list[str]:
-        """Image ids of ``split`` (``ImageSets/Segmentation/<split>.txt``), each with a JPEG."""
+        """Image ids of ``split``, each with a JPEG: ``ImageSets/Segmentation/<split>.txt``,
+        else ``aug_root/<split>.txt``; one- or two-column lists (see :func:`read_split`)."""
         if split not in self._ids:
             path = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
-            try:
-                text = path.read_text()
-            except FileNotFoundError:
-                raise DataError(f"{path}: split file not found") from None
-            except (OSError, UnicodeDecodeError) as err:
-                raise DataError(f"{path}: unreadable split file ({err})") from None
-            ids = [line.split()[0] for line in text.splitlines() if line.strip()]
-            if not ids:
-                raise DataError(f"{path}: split is empty")
+            if not path.exists() and self.aug_root is not None:
+                alt = self.aug_root / f"{split}.txt"
+                if alt.exists():
+                    path = alt
+                else:
+                    raise DataError(f"{path}: split file not found (nor {alt})")
+            ids = read_split(path)
             for img_id in ids:
                 if not self.image_path(img_id).is_file():
                     raise DataError(f"{path}: id {img_id!r} has no image {self.image_path(img_id)}")
@@ -230,12 +271,13 @@ class VOCDataset:
         return self.root / "JPEGImages" / f"{img_id}.jpg"
 
     def mask_path(self, img_id: str) -> Path:
-        """SegmentationClassAug/<id>.png when that folder has it, else SegmentationClass."""
+        """SegmentationClass/<id>.png (VOC's ground truth) when present, else
+        SegmentationClassAug/<id>.png of the root, then of ``aug_root``."""
         for d in self._mask_dirs:
             p = d / f"{img_id}.png"
             if p.is_file():
                 return p
-        return self._mask_dirs[-1] / f"{img_id}.png"
+        return self._mask_dirs[0] / f"{img_id}.png"
 
     def has_mask(self, img_id: str) -> bool:
         return self.mask_path(img_id).is_file()
@@ -285,6 +327,9 @@ class VOCDataset:
     def _load_cls_labels(self) -> dict[str, np.ndarray]:
         if self._cls_labels is None:
             path = self.root / "cls_labels.npy"
+            if not path.is_file() and self.aug_root is not None:
+                path = self.aug_root / "cls_labels.npy"
+            self._cls_labels_path = path
             table: dict[str, np.ndarray] = {}
             if path.is_file():
                 try:
@@ -302,7 +347,7 @@ class VOCDataset:
         if img_id not in self._labels:
             table = self._load_cls_labels()
             if img_id in table:
-                source = self.root / "cls_labels.npy"
+                source = self._cls_labels_path
                 lab = np.asarray(table[img_id], dtype=np.float32).reshape(-1)
                 if lab.shape != (self.n_classes,):
                     raise DataError(

@@ -14,3 +14,33 @@ rule world:
         "benchmarks/world/world.tsv"
     script:
         "../scripts/world.py"
+
+
+# SBD -> train_aug (data.sbd_root set): the SegmentationClassAug PNGs SBD does not ship,
+# train_aug.txt and cls_labels.npy, read by every stage as the dataset's aug_root.
+SBD_ROOT = config["data"].get("sbd_root")
+if SBD_ROOT is not None:
+    if WORLD:
+        raise WorkflowError("config: data.sbd_root needs data.source voc (the world has no SBD ids)")
+    if not Path(SBD_ROOT).is_dir():
+        raise WorkflowError(f"{SBD_ROOT}: SBD root not found (config data.sbd_root)")
+
+
+def sbd_input():
+    """The train_aug folder built from SBD when data.sbd_root is set, else nothing."""
+    return [f"{R}/sbd"] if SBD_ROOT is not None else []
+
+
+rule sbd_train_aug:
+    output:
+        directory(f"{R}/sbd"),
+    params:
+        voc_root=config["data"]["root"],
+        sbd_root=SBD_ROOT,
+        code=code_version("data"),
+    log:
+        "logs/sbd/sbd_train_aug.log",
+    benchmark:
+        "benchmarks/sbd/sbd_train_aug.tsv"
+    script:
+        "../scripts/sbd_train_aug.py"

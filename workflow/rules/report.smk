@@ -22,6 +22,7 @@ rule summary:
 rule figures:
     input:
         data=data_root(),
+        aug=sbd_input(),
         evals=expand(f"{R}/eval/cam_{{variant}}.json", variant=VARIANTS),
         cams=expand(f"{R}/cams/{{variant}}.h5", variant=VARIANTS),
         masks=f"{R}/pseudo_masks/{SEG_VARIANT}",
