@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from pole_core.clip import (
     train_mini_clip,
     zeroshot_eval,
 )
+from pole_core.clip.bundle import clip_resize_crop, is_openai_layout, read_clip_checkpoint
 from pole_core.clip.mini import MINI_MEAN, MINI_STD, full_model_cfg, multi_positive_loss
 from pole_core.clip.zeroshot import average_precision, format_zeroshot, topk_in_gt
 from pole_core.io.checkpoint import save_checkpoint
@@ -287,7 +290,8 @@ def test_corpus_errors(tmp_path):
 
 def _roundtrip_real_architecture(name: str, tmp_path: Path) -> tuple[Path, ClipBundle]:
     torch.manual_seed(0)
-    ref = open_clip.create_model(name, pretrained=None).eval()
+    # a plain state dict of open_clip's CLIP class has OpenAI's keys: auto QuickGELU
+    ref = open_clip.create_model(name, pretrained=None, force_quick_gelu=True).eval()
     path = tmp_path / f"{name}.pt"
     torch.save(ref.state_dict(), path)
     bundle = load_clip("open_clip", model=name, checkpoint=str(path))
@@ -325,6 +329,175 @@ def test_open_clip_rn50_checkpoint_roundtrip_and_wrong_architecture(tmp_path):
 def test_open_clip_vit_b16_checkpoint_roundtrip(tmp_path):
     _, bundle = _roundtrip_real_architecture("ViT-B-16", tmp_path)
     assert bundle.dense_features(torch.rand(1, 3, 224, 224)).shape == (1, 512, 14, 14)
+
+
+# --------------------------------------------------------------------------- OpenAI files, QuickGELU, checkpoint vs tag
+
+TINY_VIT = "pole-test-tiny-vit"
+TINY_VIT_CFG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 64},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory) -> str:
+    """A small open_clip ViT config (OpenAI tokenizer and text length) and its -quickgelu twin."""
+    if TINY_VIT not in open_clip.list_models():
+        folder = tmp_path_factory.mktemp("cfg")
+        (folder / f"{TINY_VIT}.json").write_text(json.dumps(TINY_VIT_CFG))
+        (folder / f"{TINY_VIT}-quickgelu.json").write_text(
+            json.dumps({**TINY_VIT_CFG, "quick_gelu": True})
+        )
+        open_clip.add_model_config(folder)
+    return TINY_VIT
+
+
+class _OpenAIArchive(torch.nn.Module):
+    """Holds a state dict under OpenAI's names (nested modules), as torch.jit.save writes it."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        super().__init__()
+        for key, value in state.items():
+            *parents, leaf = key.split(".")
+            mod: torch.nn.Module = self
+            for part in parents:
+                if not hasattr(mod, part):
+                    mod.add_module(part, torch.nn.Module())
+                mod = getattr(mod, part)
+            mod.register_parameter(leaf, torch.nn.Parameter(value.clone(), requires_grad=False))
+        # OpenAI's archives carry these next to the weights
+        self.register_buffer("input_resolution", torch.tensor(32))
+        self.register_buffer("context_length", torch.tensor(77))
+        self.register_buffer("vocab_size", torch.tensor(49408))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _reference(name: str, quick_gelu: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu).eval()
+
+
+def _embeddings(model_or_bundle, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 32, 32)
+    texts = ["a photo of a cat.", "a photo of player."]
+    if isinstance(model_or_bundle, ClipBundle):
+        return model_or_bundle.encode_image(x), model_or_bundle.encode_text(texts)
+    model = model_or_bundle.requires_grad_(False)
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        img = model.encode_image((x - mean) / std, normalize=True)
+        txt = model.encode_text(open_clip.get_tokenizer(name)(texts), normalize=True)
+    return img, txt
+
+
+def _activations(model: torch.nn.Module) -> set[type]:
+    return {
+        type(m)
+        for m in model.modules()
+        if isinstance(m, (open_clip.transformer.QuickGELU, torch.nn.GELU))
+    }
+
+
+def test_openai_torchscript_archive_and_state_dict_load_with_same_embeddings(tiny_vit, tmp_path):
+    ref = _reference(tiny_vit, quick_gelu=True)  # OpenAI weights: QuickGELU
+    state = ref.state_dict()
+    archive = tmp_path / "ViT-tiny.pt"
+    torch.jit.save(torch.jit.script(_OpenAIArchive(state)), str(archive))
+    plain = tmp_path / "ViT-tiny-state.pt"
+    torch.save(state, plain)
+    # the failure this handles: torch >= 2.6 refuses TorchScript archives with weights_only
+    with pytest.raises(RuntimeError, match="TorchScript"):
+        torch.load(archive, map_location="cpu", weights_only=True)
+    ref_img, ref_txt = _embeddings(ref, tiny_vit)
+    for path in (archive, plain):
+        bundle = load_clip("open_clip", model=tiny_vit, checkpoint=str(path))
+        assert _activations(bundle.model) == {open_clip.transformer.QuickGELU}, path.name
+        img, txt = _embeddings(bundle, tiny_vit)
+        assert torch.allclose(img, ref_img, atol=1e-6) and torch.allclose(txt, ref_txt, atol=1e-6)
+    assert read_clip_checkpoint(archive)[1] == "torchscript"
+    assert read_clip_checkpoint(plain)[1] == "openai"
+    # a damaged archive is one line naming the file
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(archive.read_bytes()[:2000])
+    with pytest.raises(ValueError, match=f"^{broken}: "):
+        load_clip("open_clip", model=tiny_vit, checkpoint=str(broken))
+
+
+def test_quick_gelu_auto_from_layout_and_explicit_wins(tiny_vit, tmp_path):
+    gelu = _reference(tiny_vit, quick_gelu=False)
+    state = gelu.state_dict()
+    openai_file = tmp_path / "openai_layout.pt"
+    torch.save(state, openai_file)
+    # open_clip's training checkpoint: {"epoch", "name", "state_dict" (DDP "module." keys), ...}
+    open_clip_file = tmp_path / "epoch_32.pt"
+    torch.save(
+        {"epoch": 32, "name": "run", "state_dict": {f"module.{k}": v for k, v in state.items()}},
+        open_clip_file,
+    )
+    assert is_openai_layout(state)
+    assert not is_openai_layout({**state, "logit_bias": torch.zeros(1)})  # open_clip-only key
+    assert read_clip_checkpoint(open_clip_file)[1] == "open_clip"
+
+    def acts(path, quick_gelu=None):
+        return _activations(
+            load_clip(
+                "open_clip", model=tiny_vit, checkpoint=str(path), quick_gelu=quick_gelu
+            ).model
+        )
+
+    quick, plain = {open_clip.transformer.QuickGELU}, {torch.nn.GELU}
+    assert acts(openai_file) == quick
+    assert acts(open_clip_file) == plain
+    assert acts(open_clip_file, quick_gelu=True) == quick
+    assert acts(openai_file, quick_gelu=False) == plain
+    # the GELU model read from its open_clip checkpoint gives the original embeddings
+    bundle = load_clip("open_clip", model=tiny_vit, checkpoint=str(open_clip_file))
+    ref_img, ref_txt = _embeddings(gelu, tiny_vit)
+    img, txt = _embeddings(bundle, tiny_vit)
+    assert torch.allclose(img, ref_img, atol=1e-6) and torch.allclose(txt, ref_txt, atol=1e-6)
+    # explicit false also overrides a "-quickgelu" architecture, whose config says true
+    qg = f"{tiny_vit}-quickgelu"
+    assert (
+        _activations(load_clip("open_clip", model=qg, checkpoint=str(open_clip_file)).model)
+        == quick
+    )
+    off = load_clip("open_clip", model=qg, checkpoint=str(openai_file), quick_gelu=False)
+    assert _activations(off.model) == plain
+
+
+def test_checkpoint_wins_over_pretrained(tiny_vit, tmp_path, caplog):
+    path = tmp_path / "weights.pt"
+    torch.save(_reference(tiny_vit, quick_gelu=True).state_dict(), path)
+    with caplog.at_level(logging.WARNING, logger="pole_core.clip.bundle"):
+        # "openai" is no tag of this model and no file: using it would fail
+        bundle = load_clip("open_clip", model=tiny_vit, pretrained="openai", checkpoint=str(path))
+    assert bundle.name == f"{tiny_vit}:weights.pt"
+    assert any("wins over clip.pretrained" in r.getMessage() for r in caplog.records)
+    with pytest.raises(FileNotFoundError, match="neither a file nor a known tag"):
+        load_clip("open_clip", model=tiny_vit, pretrained="openai")
+
+
+def test_clip_resize_crop_matches_clip_preprocess():
+    torchvision = pytest.importorskip("torchvision")
+    T = torchvision.transforms
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 13, 29)
+    ours = clip_resize_crop(x, 8)
+    theirs = T.Compose(
+        [T.Resize(8, interpolation=T.InterpolationMode.BICUBIC, antialias=True), T.CenterCrop(8)]
+    )(x).clamp(0, 1)
+    assert ours.shape == (2, 3, 8, 8)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    tall = clip_resize_crop(torch.rand(1, 3, 40, 16), 8)
+    assert tall.shape == (1, 3, 8, 8)
+    same = torch.rand(1, 3, 8, 12)  # short side already the size: a pure centre crop
+    assert torch.equal(clip_resize_crop(same, 8), same[..., :, 2:10])
 
 
 # --------------------------------------------------------------------------- zero-shot

@@ -3,10 +3,11 @@
 For every training image and every class k in its label, the image is multiplied by the
 class's CAM from the baseline network (full resolution, from the HDF5 store), encoded by
 CLIP and compared with the prompts ``template.format(candidate)`` of the class's
-candidates; the softmax over ``logit_scale × cosine`` picks the token. Pairs are encoded
-in batches (pairs of images of one size share a batch, so the bundle's own resize is the
-only one applied). The dataset's name is listed first among the candidates, so a tie
-keeps it.
+candidates; the softmax over ``logit_scale × cosine`` picks the token. The masked image
+reaches CLIP through CLIP's own test-time geometry (``preprocess="clip"``: bicubic resize
+of the short side, centre crop, as open_clip's/OpenAI's preprocess) or squashed whole to
+the input square (``"squash"``). Pairs are encoded in batches; each is brought to CLIP's input size as it is read,
+so memory does not grow with the number of image sizes in the split. The dataset's name is listed first among the candidates, so a tie keeps it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..clip.bundle import clip_resize_crop
 from ..io.cam_store import open_cams, read_cam
 
 Selected = dict[str, dict[str, str]]
 Histogram = dict[str, dict[str, int]]
+PREPROCESS = ("clip", "squash")
 
 
 def _candidate_lists(
@@ -38,7 +41,11 @@ def _candidate_lists(
 
 
 class _Selector:
-    """Accumulates (image, class) pairs per image size and scores them a batch at a time."""
+    """Turns (image, class) pairs into CLIP-sized inputs at once and scores them a batch at a time.
+
+    Each pair is masked and brought to CLIP's input square when it arrives, so what waits for
+    a batch is ``batch_size`` CLIP-sized images, whatever the number of image sizes in the split.
+    """
 
     def __init__(
         self,
@@ -46,35 +53,39 @@ class _Selector:
         text: dict[int, torch.Tensor],
         tokens: dict[int, list[str]],
         batch_size: int,
+        preprocess: str = "clip",
     ):
         self.bundle = bundle
         self.text = text
         self.tokens = tokens
         self.batch_size = batch_size
+        self.preprocess = preprocess
         self.device = torch.device(getattr(bundle, "device", "cpu"))
         self.scale = float(bundle.logit_scale)
-        self.pending: dict[tuple[int, int], list[tuple[str, int, np.ndarray, np.ndarray]]] = {}
+        self.pending: list[tuple[str, int, torch.Tensor]] = []
         self.choices: list[tuple[str, int, str]] = []
 
     def add(self, image_id: str, k: int, image: np.ndarray, cam: np.ndarray) -> None:
-        size = image.shape[:2]
-        batch = self.pending.setdefault(size, [])
-        batch.append((image_id, k, image, cam))
-        if len(batch) >= self.batch_size:
-            self.flush(size)
+        img = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        mask = torch.from_numpy(np.ascontiguousarray(cam)).to(self.device, torch.float32)
+        x = img.permute(2, 0, 1)[None].float().div_(255.0) * mask[None, None]
+        size = int(self.bundle.input_size)
+        if self.preprocess == "clip":
+            x = clip_resize_crop(x, size)
+        elif x.shape[-2:] != (size, size):  # the bundle's own squash, one image at a time
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        self.pending.append((image_id, k, x[0]))
+        if len(self.pending) >= self.batch_size:
+            self.flush()
 
-    def flush(self, size: tuple[int, int] | None = None) -> None:
-        for key in [size] if size is not None else list(self.pending):
-            batch = self.pending.pop(key, [])
-            if batch:
-                self._score(batch)
-
-    def _score(self, batch: list[tuple[str, int, np.ndarray, np.ndarray]]) -> None:
-        images = torch.from_numpy(np.stack([b[2] for b in batch])).to(self.device)
-        cams = torch.from_numpy(np.stack([b[3] for b in batch])).to(self.device, torch.float32)
-        x = images.permute(0, 3, 1, 2).float().div_(255.0) * cams[:, None]
-        feats = F.normalize(self.bundle.encode_image(x).float(), dim=-1)
-        for (image_id, k, _, _), feat in zip(batch, feats, strict=True):
+    def flush(self) -> None:
+        batch, self.pending = self.pending, []
+        if not batch:
+            return
+        feats = F.normalize(
+            self.bundle.encode_image(torch.stack([b[2] for b in batch])).float(), dim=-1
+        )
+        for (image_id, k, _), feat in zip(batch, feats, strict=True):
             probs = torch.softmax(self.scale * (self.text[k] @ feat), dim=0)
             self.choices.append((image_id, k, self.tokens[k][int(torch.argmax(probs))]))
 
@@ -88,6 +99,7 @@ def select_prompts(
     *,
     template: str = "A photo of {}.",
     batch_size: int = 64,
+    preprocess: str = "clip",
     progress: bool = True,
 ) -> tuple[Selected, Histogram]:
     """Choose a token per (image, labelled class); returns ``(selected, histogram)``.
@@ -95,10 +107,13 @@ def select_prompts(
     ``selected`` = ``{image_id: {class_name: token}}`` for every id in ``ids`` (an image
     without classes maps to ``{}``); ``histogram`` = ``{class_name: {token: count}}`` over
     all candidates, in candidate order. The classes of an image are the ``keys`` stored
-    with its CAM (its image-level label).
+    with its CAM (its image-level label). ``preprocess``: ``"clip"`` (short side to
+    ``bundle.input_size``, centre crop) or ``"squash"`` (whole image to the square).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if preprocess not in PREPROCESS:
+        raise ValueError(f"preprocess must be one of {PREPROCESS}, got {preprocess!r}")
     names = list(dataset.class_names)
     cands = _candidate_lists(names, candidates)
     device = torch.device(getattr(bundle, "device", "cpu"))
@@ -113,7 +128,7 @@ def select_prompts(
             for k, name in enumerate(names)
         }
         tokens = {k: cands[name] for k, name in enumerate(names)}
-        selector = _Selector(bundle, text, tokens, batch_size)
+        selector = _Selector(bundle, text, tokens, batch_size, preprocess)
         with open_cams(cams_h5) as f:
             for image_id in tqdm(ids, disable=not progress, desc="select prompts", unit="img"):
                 cam, keys = read_cam(f, image_id)
