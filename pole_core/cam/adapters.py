@@ -6,7 +6,7 @@ no biases, mixed into the feature by a learnable per-dimension ratio
 because the CLIMS losses compare features by cosine.
 
 Differences from the released POLE code (``clip_adapter_utils.Adapter``), chosen to
-follow METHOD.md: POLE's adapter has a second ReLU after ``W2``, and applies the
+follow the paper's formula A(f) = W2 · ReLU(W1 · f): the released adapter has a second ReLU after ``W2``, and applies the
 adapter to the un-normalised CLIP features; here ``A`` ends in the linear ``W2``
 and receives the unit-length features that ``ClipBundle`` returns. With ``r = 0``
 the adapter is the identity (up to the final normalisation, a no-op on unit inputs).

@@ -10,7 +10,7 @@ the image:
     CBS = −Σ_j 1[cos(fg, b_j) > τ] · log(1 − cos(fg, b_j))   (co-occurring background)
     REG = mean(P)                               (area regulariser)
 
-Details METHOD.md leaves open, taken from the CLIMS code (CVI-SZU/CLIMS,
+Details the papers leave open, taken from the CLIMS code (CVI-SZU/CLIMS,
 ``step/train_clims.py``, ``clip_loss.py``) and POLE (``clip_adapter_utils.py``):
 
 * Masked pixels: CLIMS multiplies the *ImageNet-normalised* image by P, so a

@@ -11,8 +11,7 @@ VOC layout (so ``pole_core.data.voc.VOCDataset`` reads it like VOCdevkit/VOC2012
 - ``clip_corpus/{images.npy, captions.txt, vocab.txt}``: separate image-caption pairs
   for pretraining the mini-CLIP.
 
-The caption design is what makes POLE's premise true here (see
-``shared/WORLD_NOTES.md``): for some classes the dataset name is *polysemous* -- it
+The caption design is what makes POLE's premise true here (README, "The demo world"): for some classes the dataset name is *polysemous* -- it
 mostly names the class's co-occurring background (``boat`` for water) -- or *rare*,
 while synonyms name the objects reliably; control classes use the name often.
 Everything is drawn from ``np.random.default_rng([seed, split, index])`` per image, so
@@ -54,7 +53,7 @@ WORLD_PROMPTS: dict[str, str] = {
     "tvmonitor": "tv monitor",
     "pottedplant": "potted plant",
 }
-# Single words on purpose: they are the tokens the mini-CLIP learns (METHOD.md bank).
+# Single words on purpose: they are the tokens the mini-CLIP learns (from POLE's VOC bank).
 WORLD_SYNONYMS: dict[str, tuple[str, str, str]] = {
     "aeroplane": ("plane", "aircraft", "airplane"),
     "bird": ("fowl", "avian", "sparrow"),
@@ -84,7 +83,7 @@ CAPTION_PREFIXES: tuple[str, ...] = ("a photo of", "a picture of", "an image of"
 # Prompt templates the pipeline uses; their words must be in the mini-CLIP's vocabulary.
 PROMPT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a photo of {}.", "A photo of {}.")
 
-# Design defaults (WORLD_NOTES.md): polysemous names, one rare name, control classes.
+# Design defaults: polysemous names, one rare name, control classes.
 DEFAULT_NAME_RATE: dict[str, float] = {
     "aeroplane": 0.10,
     "bird": 0.40,
