@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 CORES ?= 2
 SNAKEMAKE := $(BIN)/snakemake --cores $(CORES) --rerun-incomplete --printshellcmds
 
-.PHONY: venv run test test-all test-slurm bench report lint format clean
+.PHONY: venv run test test-all test-slurm test-voc bench bench-gpu report lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,11 +29,19 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'slow or not slow'
 
+# config/voc.yaml end to end on a generated VOCdevkit at real VOC sizes (random-init weights).
+test-voc: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m voc tests/test_voc_rehearsal.py
+
 test-slurm: $(STAMP)
 	bash tests/slurm/run_slurm_test.sh
 
 bench: $(STAMP)
 	$(BIN)/python -m pole_core.bench --out results/bench
+
+# On a machine with a CUDA GPU: the rehearsal's GPU stages and the extraction benchmark.
+bench-gpu: $(STAMP)
+	bash bench/gpu.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check pole_core tests workflow/scripts

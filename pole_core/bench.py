@@ -119,13 +119,17 @@ class TinyCamNet(nn.Module):
 DEMO_STRIDES = (2, 2, 1, 1)
 
 
-def build_demo_net(n_classes: int, seed: int = 0) -> tuple[nn.Module, str]:
-    """The demo "mini" CAM net at a fixed random init, and a note on where it came from."""
+def build_demo_net(n_classes: int, seed: int = 0, backbone: str = "mini") -> tuple[nn.Module, str]:
+    """A CAM net at a fixed random init (the demo's "mini", or the paper's ResNet-50), and a
+    note on where it came from."""
     torch.manual_seed(seed)
     try:
         from .cam.network import build_cam_net
     except ImportError as err:
         return TinyCamNet(n_classes).eval(), f"fallback TinyCamNet (pole_core.cam.network: {err})"
+    if backbone == "resnet50":
+        net = build_cam_net(backbone="resnet50", n_classes=n_classes)
+        return net.eval(), "pole_core.cam.network resnet50, strides [2, 2, 2, 1], random init"
     net = build_cam_net(backbone="mini", n_classes=n_classes, strides=DEMO_STRIDES)
     return net.eval(), f"pole_core.cam.network mini, strides {list(DEMO_STRIDES)}"
 
@@ -228,6 +232,7 @@ def bench_cam_extract(
     seed: int = 0,
     repeats: int = 3,
     threads: int | None = None,
+    backbone: str = "mini",
 ) -> dict:
     """Time the IRNet per-image loop against batched extraction on the same net and images.
 
@@ -244,7 +249,7 @@ def bench_cam_extract(
     dataset, ids, data_note = _load_dataset(data_root, split, n_images, image_size, seed)
     if data_root is not None:
         n_classes = len(dataset.class_names)
-    net, net_note = build_demo_net(n_classes, seed)
+    net, net_note = build_demo_net(n_classes, seed, backbone)
     net = net.to(dev)
     common = {"scales": scales, "flip": flip, "device": dev}
     ours_kw = {"batch_size": batch_size, "workers": workers, **common}
@@ -455,6 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data", default=None, help="cam_extract: a VOC-layout root instead of synthetic images"
     )
     parser.add_argument("--split", default="train")
+    parser.add_argument(
+        "--backbone", default="mini", choices=["mini", "resnet50"], help="cam_extract: CAM net"
+    )
     args = parser.parse_args(argv)
     extra = {
         "cam_extract": {
@@ -465,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "threads": args.threads,
             "data_root": args.data,
             "split": args.split,
+            "backbone": args.backbone,
         }
     }
     results = run_benchmarks(

@@ -413,12 +413,22 @@ def test_tiny_images_go_through_crf_random_walk_and_segmenter(tmp_path):
 
 
 def _voc_config(root: Path) -> list[str]:
-    """`--config` overrides of config/voc.yaml for the tiny root (CLIP is never loaded)."""
+    """`--config` overrides of config/voc.yaml for the tiny root. The rules these cases run
+    load no network, so empty files stand in for the weights config/voc.yaml names."""
+    weights = root.parent / "weights"
+    weights.mkdir(parents=True, exist_ok=True)
+    for name in ("resnet50.pth", "resnet101.pth", "clip.pt"):
+        (weights / name).touch()
+        os.utime(weights / name, (0, 0))  # downloaded long before any result
     overrides = {
-        "data": f"{{root: {root}, train_split: train, eval_split: train, val_split: val}}",
+        "data": f"{{root: {root}, sbd_root: null, train_split: train, eval_split: train, val_split: val}}",
         "results_dir": "results_bad",
         "device": "cpu",
         "crf": "{shards: 1}",
+        "cam": f"{{weights: {weights / 'resnet50.pth'}}}",
+        "affinity": f"{{weights: {weights / 'resnet50.pth'}}}",
+        "seg": f"{{weights: {weights / 'resnet101.pth'}}}",
+        "clip": f"{{checkpoint: {weights / 'clip.pt'}}}",
     }
     return ["--config"] + [f"{k}={v}" for k, v in overrides.items()]
 
