@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pole_core.io.atomic import read_json, write_json
@@ -143,3 +144,22 @@ def test_atomic_outputs_get_the_usual_file_mode(tmp_path):
 
     write_json(tmp_path / "x.json", {"a": 1})
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~current_umask()
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+    from pole_core.io.atomic import atomic_dir, current_umask
+
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert (out / "a.txt").read_text() == "1"
+    assert out.stat().st_mode & 0o777 == 0o777 & ~current_umask()
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "b.txt").write_text("2")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing half-written
+    assert [p.name for p in out.iterdir()] == ["a.txt"]
+    with atomic_dir(out) as tmp:
+        (tmp / "c.txt").write_text("3")
+    assert [p.name for p in out.iterdir()] == ["c.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

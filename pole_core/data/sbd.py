@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import scipy.io
 
 from pole_core.data.voc import IGNORE, VOC_CLASSES, DataError, VOCDataset, read_split
-from pole_core.io.atomic import current_umask, write_text
+from pole_core.io.atomic import atomic_dir, write_text
 from pole_core.io.png import read_mask, write_mask
 
 _LOG = logging.getLogger(__name__)
@@ -138,10 +136,7 @@ def build_train_aug(
             )
         return mask, path, source
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))
-    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; the output folder gets the usual mode
-    try:
+    with atomic_dir(out) as tmp:
         cls_labels: dict[str, np.ndarray] = {}
         for k, img_id in enumerate(ids, 1):
             mask, path, source = load(img_id)
@@ -157,21 +152,6 @@ def build_train_aug(
         write_text(tmp / "train_aug.txt", "\n".join(ids) + "\n")
         np.save(tmp / "cls_labels.npy", cls_labels, allow_pickle=True)
         counts["cls_labels"] = len(cls_labels)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            if old is not None:
-                os.replace(old / out.name, out)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info(
         "train_aug: %d ids = %d VOC train + %d more from SBD train + %d more from SBD val "
         "(%d SBD ids in VOC val left out); masks: %d from VOC SegmentationClass, %d from SBD "

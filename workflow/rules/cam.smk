@@ -93,7 +93,8 @@ rule extract_cams:
         aug=sbd_input(),
         model=f"{R}/cam_net/{{variant}}/model.pt",
     output:
-        f"{R}/cams/{{variant}}/shard_{{scatteritem}}.h5",
+        # the shards are merged into cams/{variant}.h5 and then deleted (keep: --notemp)
+        temp(f"{R}/cams/{{variant}}/shard_{{scatteritem}}.h5"),
     params:
         cams=config["cams"],
         splits=[config["data"]["train_split"], config["data"]["eval_split"]],

@@ -1,13 +1,8 @@
 """Rule eval_seg: segmenter predictions on the val split (palette PNGs) and their mIoU."""
 
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
 from _common import dataset, device, ids, run
 
-from pole_core.io.atomic import write_json
+from pole_core.io.atomic import atomic_dir, write_json
 from pole_core.seg.infer import evaluate_dir, predict_dataset
 from pole_core.seg.train import load_seg_net
 
@@ -21,10 +16,7 @@ def main(log):
     dev = device(snakemake)
     net = load_seg_net(snakemake.input.model, dev)
     crf = {k: snakemake.params.crf[k] for k in CRF_KEYS} if s["eval_crf"] else None
-    out = Path(snakemake.output.pred)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))
-    try:
+    with atomic_dir(snakemake.output.pred) as tmp:
         predict_dataset(
             net,
             ds,
@@ -36,10 +28,6 @@ def main(log):
             device=dev,
         )
         result = evaluate_dir(tmp, ds, val_ids)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     result["split"] = snakemake.params.split
     write_json(snakemake.output.score, result)
     log.info("segmenter on %s: mIoU %.2f", snakemake.params.split, result["miou"])

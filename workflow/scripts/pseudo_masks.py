@@ -2,18 +2,16 @@
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from _common import run
 
+from pole_core.io.atomic import atomic_dir
+
 
 def main(log):
-    out = Path(snakemake.output[0])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))
     n = 0
-    try:
+    with atomic_dir(snakemake.output[0]) as tmp:
         for shard in snakemake.input.shards:
             for png in sorted(Path(shard).glob("*.png")):
                 target = tmp / png.name
@@ -22,11 +20,7 @@ def main(log):
                 except OSError:
                     shutil.copy2(png, target)
                 n += 1
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("%d pseudo-masks in %s", n, out)
+    log.info("%d pseudo-masks in %s", n, snakemake.output[0])
 
 
 run(snakemake, main)

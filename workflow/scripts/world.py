@@ -1,22 +1,14 @@
 """Rule world: generate the demo world in VOC layout (whole folder appears atomically)."""
 
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
 from _common import run
 
 from pole_core.data.world import generate_world
-from pole_core.io.atomic import write_json
+from pole_core.io.atomic import atomic_dir, write_json
 
 
 def main(log):
-    out = Path(snakemake.output[0])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))
-    try:
-        w = snakemake.params.world
+    w = snakemake.params.world
+    with atomic_dir(snakemake.output[0]) as tmp:
         summary = generate_world(
             tmp,
             n_train=w["n_train"],
@@ -31,13 +23,7 @@ def main(log):
             polysemy=w["polysemy"] or None,
         )
         write_json(tmp / "world_summary.json", summary)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("world written to %s: %s", out, summary)
+    log.info("world written to %s: %s", snakemake.output[0], summary)
 
 
 run(snakemake, main)
