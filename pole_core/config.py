@@ -103,14 +103,15 @@ def config_diff(base: dict[str, Any], other: dict[str, Any]) -> dict[str, tuple[
 def _check_semantics(config: dict[str, Any]) -> None:
     """Cross-key rules the schema cannot say."""
     data = config["data"]
-    if data["source"] == "voc" and not data.get("root"):
+    if data["source"] != "world" and not data.get("root"):
         raise ConfigError(
-            "config: data.root must name a VOCdevkit/VOC2012 folder when data.source is voc"
+            f"config: data.root must name the dataset folder when data.source is {data['source']}"
         )
     clip = config["clip"]
-    if clip["source"] == "mini" and data["source"] != "world":
+    if clip["source"] == "mini" and data["source"] != "world" and not clip.get("checkpoint"):
         raise ConfigError(
-            "config: clip.source mini is trained on the demo world's captions; use data.source world"
+            "config: clip.source mini is trained on the demo world's captions: use data.source "
+            "world, or name a trained mini-CLIP file in clip.checkpoint"
         )
     variants = config["cam"]["variants"]
     if config["seg"]["variant"] not in variants:

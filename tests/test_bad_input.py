@@ -231,7 +231,11 @@ def cls_labels_wrong_length(tmp: Path):
 def unknown_synonym_class(tmp: Path):
     root = voc_root(tmp)
     cfg = {"synonyms": {"aeroplane": ["plane"], "boaat": ["ship"]}}
-    return lambda: candidates(cfg, root), "prompts.synonyms", r"unknown class 'boaat'"
+    return (
+        lambda: candidates(cfg, VOCDataset(root).bank),
+        "prompts.synonyms",
+        r"unknown class 'boaat'",
+    )
 
 
 def cam_checkpoint_wrong_arch(tmp: Path):

@@ -42,7 +42,7 @@ def test_export_voc_layout(tmp_path):
     train, val = ids[:3], ids[3:]
     pseudo = _pseudo(tmp_path, ds, train)
     out = tmp_path / "export_voc"
-    manifest = export_voc(pseudo, ds.root, train, val, out)
+    manifest = export_voc(pseudo, ds, train, val, out)
     assert json.loads((out / "export.json").read_text()) == manifest
     assert (out / "ImageSets/Segmentation/train.txt").read_text().split() == train
     assert (out / "ImageSets/Segmentation/val.txt").read_text().split() == val
@@ -60,14 +60,14 @@ def test_export_voc_layout(tmp_path):
             == ds.mask(image_id).shape
         )
     # a rerun replaces the links and files in place
-    export_voc(pseudo, ds.root, train, val, out)
+    export_voc(pseudo, ds, train, val, out)
     # switching an existing linked export to copies leaves the source untouched
-    export_voc(pseudo, ds.root, train, val, out, link=False)
+    export_voc(pseudo, ds, train, val, out, link=False)
     assert not (out / "JPEGImages").is_symlink()
     assert len(list((ds.root / "JPEGImages").iterdir())) == 5
     # copies instead of links
     out2 = tmp_path / "export_voc_copy"
-    m2 = export_voc(pseudo, ds.root, train, val, out2, link=False)
+    m2 = export_voc(pseudo, ds, train, val, out2, link=False)
     assert m2["links"]["JPEGImages"] == "copy" and not (out2 / "JPEGImages").is_symlink()
     assert len(list((out2 / "JPEGImages").glob("*.jpg"))) == 5
 
@@ -76,7 +76,7 @@ def test_export_voc_names_missing_masks(tmp_path):
     ds, _ = make_world(tmp_path, n=3, write_voc=True)
     pseudo = _pseudo(tmp_path, ds, ds.ids()[:1])
     with pytest.raises(FileNotFoundError, match="img001"):
-        export_voc(pseudo, ds.root, ds.ids(), [], tmp_path / "e")
+        export_voc(pseudo, ds, ds.ids(), [], tmp_path / "e")
     assert not (tmp_path / "e" / "export.json").exists()
 
 

@@ -244,7 +244,12 @@ def test_rule_script_dataset_gets_aug_root(tmp_path):
             nl._set_name("aug", start, end=len(nl))
         return nl
 
-    assert dataset(SimpleNamespace(input=inputs(None))).aug_root is None
-    assert dataset(SimpleNamespace(input=inputs([]))).aug_root is None
-    ds = dataset(SimpleNamespace(input=inputs([str(tmp_path / "sbd")])))
+    config = {"data": {"source": "voc"}, "results_dir": str(tmp_path / "results")}
+
+    def job(aug):
+        return SimpleNamespace(input=inputs(aug), config=config)
+
+    assert dataset(job(None)).aug_root is None
+    assert dataset(job([])).aug_root is None
+    ds = dataset(job([str(tmp_path / "sbd")]))
     assert ds.aug_root == tmp_path / "sbd" and ds.root == voc

@@ -205,84 +205,23 @@ def _decode_id(key: object) -> str:
     return str(key)
 
 
-class VOCDataset:
-    """Reader for a VOC-layout root (real VOC2012 or the generated world).
+class ImageFiles:
+    """Pixels of a dataset whose images and masks are files: the readers share these.
 
-    ``class_names`` defaults to :func:`load_classes` (``classes.json`` or the VOC 20).
-    ``aug_root`` (optional) is a folder with ``<split>.txt``, ``SegmentationClassAug/`` and
-    ``cls_labels.npy`` (the train_aug files built from SBD), each used only where ``root``
-    has none. Split lists and derived labels are cached; images and masks are read on demand.
+    A subclass gives ``image_path(id)``, ``mask_path(id)`` and ``n_classes``.
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        class_names: list[str] | None = None,
-        aug_root: str | os.PathLike | None = None,
-    ):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset root not found")
-        self.aug_root = Path(aug_root) if aug_root is not None else None
-        if self.aug_root is not None and not self.aug_root.is_dir():
-            raise DataError(f"{self.aug_root}: aug root not found")
-        self.class_names: list[str] = list(
-            class_names if class_names is not None else load_classes(self.root).names
-        )
-        self.n_classes = len(self.class_names)
-        if self.n_classes == 0:
-            raise DataError(f"{self.root}: no classes")
-        self._ids: dict[str, list[str]] = {}
-        self._labels: dict[str, np.ndarray] = {}
-        self._cls_labels: dict[str, np.ndarray] | None = None
-        self._cls_labels_path: Path | None = None
-        # Scoring needs VOC's own ground truth (with its 255 boundaries): SegmentationClass
-        # first, the Aug folders only for ids VOC does not annotate.
-        dirs = [self.root / "SegmentationClass", self.root / "SegmentationClassAug"]
-        if self.aug_root is not None:
-            dirs.append(self.aug_root / "SegmentationClassAug")
-        self._mask_dirs = [dirs[0]] + [d for d in dirs[1:] if d.is_dir()]
+    n_classes: int
 
-    def __repr__(self) -> str:
-        aug = f", aug_root={str(self.aug_root)!r}" if self.aug_root is not None else ""
-        return f"VOCDataset({str(self.root)!r}{aug}, n_classes={self.n_classes})"
-
-    # -- ids -------------------------------------------------------------------
-    def ids(self, split: str) -> list[str]:
-        """Image ids of ``split``, each with a JPEG: ``ImageSets/Segmentation/<split>.txt``,
-        else ``aug_root/<split>.txt``; one- or two-column lists (see :func:`read_split`)."""
-        if split not in self._ids:
-            path = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
-            if not path.exists() and self.aug_root is not None:
-                alt = self.aug_root / f"{split}.txt"
-                if alt.exists():
-                    path = alt
-                else:
-                    raise DataError(f"{path}: split file not found (nor {alt})")
-            ids = read_split(path)
-            for img_id in ids:
-                if not self.image_path(img_id).is_file():
-                    raise DataError(f"{path}: id {img_id!r} has no image {self.image_path(img_id)}")
-            self._ids[split] = ids
-        return list(self._ids[split])
-
-    # -- paths -----------------------------------------------------------------
     def image_path(self, img_id: str) -> Path:
-        return self.root / "JPEGImages" / f"{img_id}.jpg"
+        raise NotImplementedError
 
     def mask_path(self, img_id: str) -> Path:
-        """SegmentationClass/<id>.png (VOC's ground truth) when present, else
-        SegmentationClassAug/<id>.png of the root, then of ``aug_root``."""
-        for d in self._mask_dirs:
-            p = d / f"{img_id}.png"
-            if p.is_file():
-                return p
-        return self._mask_dirs[0] / f"{img_id}.png"
+        raise NotImplementedError
 
     def has_mask(self, img_id: str) -> bool:
         return self.mask_path(img_id).is_file()
 
-    # -- pixels ----------------------------------------------------------------
     def image(self, img_id: str) -> np.ndarray:
         """uint8 H×W×3 RGB; grayscale, CMYK and palette images are converted."""
         return _decode_rgb(self.image_path(img_id))
@@ -322,6 +261,89 @@ class VOCDataset:
                 f"{path}: label value {int(bad[0])} outside 0..{self.n_classes} and {IGNORE}"
             )
         return mask
+
+
+class VOCDataset(ImageFiles):
+    """Reader for a VOC-layout root (real VOC2012 or the generated world).
+
+    ``class_names`` defaults to :func:`load_classes` (``classes.json`` or the VOC 20).
+    ``aug_root`` (optional) is a folder with ``<split>.txt``, ``SegmentationClassAug/`` and
+    ``cls_labels.npy`` (the train_aug files built from SBD), each used only where ``root``
+    has none. Split lists and derived labels are cached; images and masks are read on demand.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        class_names: list[str] | None = None,
+        aug_root: str | os.PathLike | None = None,
+    ):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset root not found")
+        self.aug_root = Path(aug_root) if aug_root is not None else None
+        if self.aug_root is not None and not self.aug_root.is_dir():
+            raise DataError(f"{self.aug_root}: aug root not found")
+        self.class_names: list[str] = list(
+            class_names if class_names is not None else load_classes(self.root).names
+        )
+        self.n_classes = len(self.class_names)
+        if self.n_classes == 0:
+            raise DataError(f"{self.root}: no classes")
+        self._ids: dict[str, list[str]] = {}
+        self._labels: dict[str, np.ndarray] = {}
+        self._cls_labels: dict[str, np.ndarray] | None = None
+        self._cls_labels_path: Path | None = None
+        # Scoring needs VOC's own ground truth (with its 255 boundaries): SegmentationClass
+        # first, the Aug folders only for ids VOC does not annotate.
+        dirs = [self.root / "SegmentationClass", self.root / "SegmentationClassAug"]
+        if self.aug_root is not None:
+            dirs.append(self.aug_root / "SegmentationClassAug")
+        self._mask_dirs = [dirs[0]] + [d for d in dirs[1:] if d.is_dir()]
+        self._bank: ClassBank | None = None
+
+    @property
+    def bank(self) -> ClassBank:
+        """Class names, prompts, synonyms and background words (:func:`load_classes`)."""
+        if self._bank is None:
+            self._bank = load_classes(self.root)
+        return self._bank
+
+    def __repr__(self) -> str:
+        aug = f", aug_root={str(self.aug_root)!r}" if self.aug_root is not None else ""
+        return f"VOCDataset({str(self.root)!r}{aug}, n_classes={self.n_classes})"
+
+    # -- ids -------------------------------------------------------------------
+    def ids(self, split: str) -> list[str]:
+        """Image ids of ``split``, each with a JPEG: ``ImageSets/Segmentation/<split>.txt``,
+        else ``aug_root/<split>.txt``; one- or two-column lists (see :func:`read_split`)."""
+        if split not in self._ids:
+            path = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+            if not path.exists() and self.aug_root is not None:
+                alt = self.aug_root / f"{split}.txt"
+                if alt.exists():
+                    path = alt
+                else:
+                    raise DataError(f"{path}: split file not found (nor {alt})")
+            ids = read_split(path)
+            for img_id in ids:
+                if not self.image_path(img_id).is_file():
+                    raise DataError(f"{path}: id {img_id!r} has no image {self.image_path(img_id)}")
+            self._ids[split] = ids
+        return list(self._ids[split])
+
+    # -- paths -----------------------------------------------------------------
+    def image_path(self, img_id: str) -> Path:
+        return self.root / "JPEGImages" / f"{img_id}.jpg"
+
+    def mask_path(self, img_id: str) -> Path:
+        """SegmentationClass/<id>.png (VOC's ground truth) when present, else
+        SegmentationClassAug/<id>.png of the root, then of ``aug_root``."""
+        for d in self._mask_dirs:
+            p = d / f"{img_id}.png"
+            if p.is_file():
+                return p
+        return self._mask_dirs[0] / f"{img_id}.png"
 
     # -- image-level labels ----------------------------------------------------
     def _load_cls_labels(self) -> dict[str, np.ndarray]:

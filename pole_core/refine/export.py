@@ -86,7 +86,7 @@ def _write_list(path: Path, ids: Sequence[str]) -> None:
 
 def export_voc(
     pseudo_dir: str | os.PathLike,
-    dataset_root: str | os.PathLike,
+    dataset: Any,
     ids_train: Sequence[str],
     ids_val: Sequence[str],
     out_root: str | os.PathLike,
@@ -96,29 +96,43 @@ def export_voc(
     """Write a VOC-style tree that DeepLab-type repos read with one path change.
 
     ``out_root/SegmentationClassPseudo/<id>.png`` (train pseudo-masks, copied),
-    ``JPEGImages`` and ``SegmentationClass`` (GT, for val) linked to
-    ``dataset_root``, ``ImageSets/Segmentation/{train,val}.txt``; returns the
-    manifest also written to ``out_root/export.json``.
+    ``JPEGImages`` and ``SegmentationClass`` (GT, for val), ``ImageSets/Segmentation/
+    {train,val}.txt``; returns the manifest also written to ``out_root/export.json``.
+    A VOC-layout ``dataset.root`` has its folders linked; any other dataset (COCO, a
+    folder of PNGs) gets one ``<id>.jpg`` per image (linked when it is a JPEG, else
+    encoded) and its ground-truth masks written, when it has them.
     """
-    pseudo_dir, dataset_root, out_root = Path(pseudo_dir), Path(dataset_root), Path(out_root)
+    pseudo_dir, out_root = Path(pseudo_dir), Path(out_root)
+    dataset_root = Path(dataset.root)
     _check_pseudo(pseudo_dir, ids_train)
     jpeg_src = dataset_root / "JPEGImages"
-    if not jpeg_src.is_dir():
-        raise FileNotFoundError(f"{jpeg_src}: image folder not found")
+    voc_layout = jpeg_src.is_dir()
     (out_root / MANIFEST).unlink(missing_ok=True)
 
     for image_id in ids_train:
         src = pseudo_dir / f"{image_id}.png"
         read_mask(src)  # fails with one line naming the file when damaged
-        image = jpeg_src / f"{image_id}.jpg"
+        image = jpeg_src / f"{image_id}.jpg" if voc_layout else Path(dataset.image_path(image_id))
         if image.is_file():
             _check_size(src, image)
         _copy_file(src, out_root / "SegmentationClassPseudo" / f"{image_id}.png")
 
-    methods = {"JPEGImages": _link_or_copy(jpeg_src, out_root / "JPEGImages", link)}
     gt_src = dataset_root / "SegmentationClass"
-    if gt_src.is_dir():
-        methods["SegmentationClass"] = _link_or_copy(gt_src, out_root / "SegmentationClass", link)
+    if voc_layout:
+        methods = {"JPEGImages": _link_or_copy(jpeg_src, out_root / "JPEGImages", link)}
+        if gt_src.is_dir():
+            methods["SegmentationClass"] = _link_or_copy(
+                gt_src, out_root / "SegmentationClass", link
+            )
+    else:
+        methods = {"JPEGImages": "per image"}
+        for image_id in dict.fromkeys([*ids_train, *ids_val]):
+            _put_jpeg(dataset, image_id, out_root / "JPEGImages" / f"{image_id}.jpg", link)
+        with_gt = [i for i in ids_val if dataset.has_mask(i)]
+        for image_id in with_gt:
+            write_mask(out_root / "SegmentationClass" / f"{image_id}.png", dataset.mask(image_id))
+        if with_gt:
+            methods["SegmentationClass"] = "written"
     sets = out_root / "ImageSets" / "Segmentation"
     _write_list(sets / "train.txt", ids_train)
     _write_list(sets / "val.txt", ids_val)
@@ -135,6 +149,23 @@ def export_voc(
     }
     write_json(out_root / MANIFEST, manifest)
     return manifest
+
+
+def _put_jpeg(dataset: Any, image_id: str, dst: Path, link: bool) -> tuple[int, int]:
+    """``dst`` = the image as a JPEG: linked when the source is one, else encoded; (H, W)."""
+    if hasattr(dataset, "image_path"):
+        src = Path(dataset.image_path(image_id))
+    else:  # a reader without image files of its own: a VOC-like root, if any
+        root = getattr(dataset, "root", None)
+        src = Path(root) / "JPEGImages" / f"{image_id}.jpg" if root is not None else None
+    if src is not None and src.suffix.lower() in (".jpg", ".jpeg") and src.is_file():
+        _link_or_copy(src, dst, link)
+        with Image.open(src) as im:
+            return im.size[1], im.size[0]
+    img = np.ascontiguousarray(dataset.image(image_id))
+    with atomic_path(dst) as tmp:
+        Image.fromarray(img).save(tmp, format="JPEG", quality=95)
+    return img.shape[0], img.shape[1]
 
 
 def mmseg_dataset_config(
@@ -175,21 +206,10 @@ def export_mmseg(
     _check_pseudo(pseudo_dir, ids_train)
     class_names = list(dataset.class_names)
     n_labels = len(class_names) + 1
-    root = getattr(dataset, "root", None)
-    jpeg_src = Path(root) / "JPEGImages" if root is not None else None
     (out_root / MANIFEST).unlink(missing_ok=True)
 
     def put_image(image_id: str, split: str) -> tuple[int, int]:
-        dst = out_root / "img_dir" / split / f"{image_id}.jpg"
-        src = jpeg_src / f"{image_id}.jpg" if jpeg_src is not None else None
-        if src is not None and src.is_file():
-            _link_or_copy(src, dst, link)
-            with Image.open(src) as im:
-                return im.size[1], im.size[0]
-        img = np.ascontiguousarray(dataset.image(image_id))
-        with atomic_path(dst) as tmp:
-            Image.fromarray(img).save(tmp, format="JPEG", quality=95)
-        return img.shape[0], img.shape[1]
+        return _put_jpeg(dataset, image_id, out_root / "img_dir" / split / f"{image_id}.jpg", link)
 
     for image_id in ids_train:
         hw = put_image(image_id, "train")
@@ -206,6 +226,8 @@ def export_mmseg(
         _copy_file(
             pseudo_dir / f"{image_id}.png", out_root / "ann_dir" / "train" / f"{image_id}.png"
         )
+    has_mask = getattr(dataset, "has_mask", lambda image_id: True)
+    ids_val = [i for i in ids_val if has_mask(i)]  # no ground truth, no val split
     for image_id in ids_val:
         hw = put_image(image_id, "val")
         mask = np.asarray(dataset.mask(image_id))

@@ -125,6 +125,8 @@ def _markdown(summary: dict[str, Any], bench: dict[str, dict[str, float]]) -> st
             delta = p - b if b is not None and p is not None else None
             title = ROW_TITLES.get(row["stage"], row["stage"])
             lines.append(f"| {title} | {_fmt(b)} | {_fmt(p)} | {_fmt(delta, sign=True)} |")
+    elif summary.get("unscored"):
+        lines.append(f"Not scored: {summary['unscored']}.")
     else:
         lines.append("No evaluation results yet.")
     lines.append("")
@@ -185,12 +187,14 @@ def build_summary(
     prompt_histogram_json: str | os.PathLike | None,
     out_json: str | os.PathLike,
     out_md: str | os.PathLike,
+    unscored: str | None = None,
 ) -> dict[str, Any]:
     """Write ``summary.json`` and ``summary.md`` (atomically) and return the summary dict.
 
     JSON keys: ``miou`` {stage: %}, ``table`` [{"stage", "baseline", "pole"}],
     ``timings_s`` {rule: s}, ``total_s``, ``max_rss_mb`` {rule: MB},
-    ``prompt_histogram``, ``clip_zeroshot``, ``unknown_eval_files``.
+    ``prompt_histogram``, ``clip_zeroshot``, ``unknown_eval_files``, ``unscored`` (why no
+    stage was scored, e.g. a dataset without ground truth; None when scored).
     """
     evals = read_evals(eval_dir)
     bench = read_benchmarks(benchmarks_dir) if benchmarks_dir is not None else {}
@@ -208,6 +212,7 @@ def build_summary(
         "prompt_histogram": hist,
         "clip_zeroshot": evals["clip_zeroshot"],
         "unknown_eval_files": evals["unknown_eval_files"],
+        "unscored": unscored,
     }
     write_json(out_json, summary)
     write_text(out_md, _markdown(summary, bench))

@@ -134,12 +134,25 @@ def class_names():
         from pole_core.data.world import WORLD_CLASSES
 
         return list(WORLD_CLASSES[: config["world"]["n_classes"]])
-    from pole_core.data.voc import DataError, load_classes
+    return list(_dataset().class_names)
 
-    try:
-        return load_classes(config["data"]["root"]).names
-    except DataError as err:
-        raise WorkflowError(str(err)) from None
+
+def _dataset():
+    """The reader of data.source over data.root, opened once at start-up: a folder dataset's
+    labels.csv is checked here, so a bad row stops the run before any job starts."""
+    global _DATASET
+    if _DATASET is None:
+        from pole_core.data.registry import open_dataset
+        from pole_core.data.voc import DataError
+
+        try:
+            _DATASET = open_dataset(config["data"]["source"], config["data"]["root"])
+        except DataError as err:
+            raise WorkflowError(str(err)) from None
+    return _DATASET
+
+
+_DATASET = None
 
 
 # A typo in the synonym bank would otherwise surface only at select_prompts, after the
@@ -150,6 +163,12 @@ if _unknown:
         f"config: prompts.synonyms names unknown class {_unknown[0]!r} "
         f"(classes: {', '.join(class_names())})"
     )
+
+# A dataset without ground truth (a folder without masks/) still gets its pseudo-masks,
+# segmenter and export; the score rules (eval_*, figures) leave the DAG.
+from pole_core.data.registry import has_ground_truth
+
+SCORED = WORLD or has_ground_truth(config["data"]["source"], config["data"]["root"])
 
 scattergather:
     cams=config["cams"]["shards"],
@@ -167,8 +186,11 @@ def data_root():
 
 
 def clip_input():
-    """The in-pipeline CLIP checkpoint when the mini-CLIP is used, else nothing to wait for."""
-    return [f"{R}/clip/model.pt"] if MINI_CLIP else []
+    """The mini-CLIP's file (trained in the pipeline on the world, or clip.checkpoint on other
+    data), else nothing to wait for (open_clip loads its own weights)."""
+    if not MINI_CLIP:
+        return []
+    return [f"{R}/clip/model.pt"] if WORLD else [config["clip"]["checkpoint"]]
 
 
 def cam_init_input():
@@ -227,14 +249,15 @@ def final_outputs():
         f"{R}/config.yaml",
         f"{R}/summary.json",
         f"{R}/summary.md",
-        f"{R}/figures/overlays.png",
         f"{R}/export/manifest.json",
         f"{R}/prompts/selected.json",
         f"{R}/seg/model.pt",
     ]
     for v in VARIANTS:
         out += [f"{R}/cam_net/{v}/model.pt", f"{R}/cams/{v}.h5", f"{R}/pseudo_masks/{v}"]
-    if MINI_CLIP:
+    if SCORED:
+        out.append(f"{R}/figures/overlays.png")
+    if MINI_CLIP and WORLD:
         out.append(f"{R}/eval/clip_zeroshot.json")
     return out
 

@@ -6,13 +6,13 @@ rule crf:
         data=data_root(),
         aug=sbd_input(),
         cams=f"{R}/cams/{{variant}}.h5",
-        cam_eval=f"{R}/eval/cam_{{variant}}.json",
+        cam_eval=f"{R}/eval/cam_{{variant}}.json" if SCORED else [],
     output:
         directory(f"{R}/crf/{{variant}}/shard_{{scatteritem}}"),
     params:
         crf=config["crf"],
         split=config["data"]["train_split"],
-        eval_split=config["data"]["eval_split"],
+        eval_split=config["data"]["eval_split"] if SCORED else None,
         max_images=config["data"]["max_images"],
         code=code_version("refine", "cam", "data"),
     threads: 1

@@ -4,13 +4,18 @@
 rule summary:
     input:
         evals=expand(f"{R}/eval/{{stage}}_{{variant}}.json", stage=["cam", "crf", "pseudo"], variant=VARIANTS)
-        + [f"{R}/eval/seg_val.json"],
+        + [f"{R}/eval/seg_val.json"]
+        if SCORED
+        else [],
         histogram=f"{R}/prompts/histogram.json",
     output:
         json=f"{R}/summary.json",
         md=report(f"{R}/summary.md", caption="../report/summary.rst", category="Summary"),
     params:
         eval_dir=f"{R}/eval",
+        unscored=None
+        if SCORED
+        else f"{config['data']['root']} has no ground-truth masks (masks/): the score stages did not run",
         benchmarks_dir="benchmarks",
         code=code_version("report"),
     log:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pole_core.data.voc import VOCDataset
+from pole_core.data.voc import VOCDataset  # the interface every reader follows (data.registry)
 from pole_core.device import resolve_device
 from pole_core.io.checkpoint import seed_everything
 
@@ -56,14 +56,23 @@ def run(snakemake, main: Callable[[logging.Logger], None]) -> None:
         sys.exit(1)
 
 
-def dataset(snakemake) -> VOCDataset:
-    """The VOC-layout dataset of the run (the world's output folder or data.root), with the
-    SBD train_aug folder as its aug_root when the rule has one (input ``aug``)."""
+def dataset(snakemake):
+    """The run's dataset reader (data.source, pole_core.data.registry) over input ``data``
+    (the world's output folder or data.root), with the SBD train_aug folder as its aug_root
+    when the rule has one (input ``aug``); COCO caches its ground truth under results."""
+    from pole_core.data.registry import open_dataset
+
     # `aug=sbd_input()` is a list: Snakemake gives a (possibly empty) Namedlist for it.
     aug = snakemake.input.get("aug")
     if aug is not None and not isinstance(aug, (str, Path)):
         aug = aug[0] if len(aug) else None
-    return VOCDataset(Path(snakemake.input.data), aug_root=aug)
+    cfg = snakemake.config
+    return open_dataset(
+        cfg["data"]["source"],
+        Path(snakemake.input.data),
+        aug_root=aug,
+        cache_dir=Path(cfg["results_dir"]) / "gt",
+    )
 
 
 def ids(ds: VOCDataset, split: str, max_images: int) -> list[str]:
@@ -158,25 +167,20 @@ def boundary_features(backbone: str, path: str, dev: torch.device):
     return net.feature_levels
 
 
-def bg_words(cam_cfg: dict, root: Path) -> list[str]:
-    """CBS background words: the configured list, or the world's own when the list is empty."""
+def bg_words(cam_cfg: dict, bank) -> list[str]:
+    """CBS background words: the configured list, or the dataset's own when the list is empty."""
     if cam_cfg["bg_words"]:
         return list(cam_cfg["bg_words"])
-    from pole_core.io.atomic import read_json
-
-    classes_json = Path(root) / "classes.json"
-    if not classes_json.is_file():
+    if not bank.bg_words:
         raise ValueError(
-            "config: cam.bg_words is empty and the dataset has no classes.json to take them from"
+            "config: cam.bg_words is empty and the dataset names no background words "
+            "(classes.json / classes.yaml: bg_words)"
         )
-    return list(read_json(classes_json)["bg_words"])
+    return list(bank.bg_words)
 
 
-def candidates(prompt_cfg: dict, root: Path) -> dict[str, list[str]]:
+def candidates(prompt_cfg: dict, bank) -> dict[str, list[str]]:
     """POLE candidates per class name: the dataset prompt first, then the synonyms."""
-    from pole_core.data.voc import load_classes
-
-    bank = load_classes(Path(root))
     unknown = sorted(set(prompt_cfg["synonyms"]) - set(bank.names))
     if unknown:
         raise ValueError(

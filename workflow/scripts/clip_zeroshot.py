@@ -4,13 +4,12 @@ import numpy as np
 from _common import clip_bundle, dataset, ids, run
 
 from pole_core.clip.zeroshot import zeroshot_eval
-from pole_core.data.voc import load_classes
 from pole_core.io.atomic import write_json
 
 
 def main(log):
     ds = dataset(snakemake)
-    bank = load_classes(ds.root)
+    bank = ds.bank
     val = ids(ds, snakemake.params.split, snakemake.params.max_images)
     bundle = clip_bundle(snakemake)
     labels = np.stack([ds.labels(i) for i in val])

@@ -15,15 +15,17 @@ def main(log):
     shard, n = shard_index(snakemake.wildcards.scatteritem)
     out = Path(snakemake.output[0])
     train_ids = shard_ids(ids(ds, snakemake.params.split, snakemake.params.max_images), n, shard)
-    eval_ids = shard_ids(
-        ids(ds, snakemake.params.eval_split, snakemake.params.max_images), n, shard
-    )
     eval_bg = c.pop("eval_bg_thresh")
-    if eval_bg is None:
-        eval_bg = read_json(snakemake.input.cam_eval)["best_threshold"]
     c.pop("shards")
     stats = run_crf_shard(ds, train_ids, snakemake.input.cams, out / "labels", mode="ir_label", **c)
     log.info("confident labels for %d images: %s", len(train_ids), stats)
+    if snakemake.params.eval_split is None:  # no ground truth: nothing to score
+        return
+    eval_ids = shard_ids(
+        ids(ds, snakemake.params.eval_split, snakemake.params.max_images), n, shard
+    )
+    if eval_bg is None:
+        eval_bg = read_json(snakemake.input.cam_eval)["best_threshold"]
     stats = run_crf_shard(
         ds,
         eval_ids,

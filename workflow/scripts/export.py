@@ -10,7 +10,7 @@ def main(log):
     ds = dataset(snakemake)
     train_ids = ids(ds, snakemake.params.train_split, snakemake.params.max_images)
     val_ids = ids(ds, snakemake.params.val_split, snakemake.params.max_images)
-    voc = export_voc(snakemake.input.masks, ds.root, train_ids, val_ids, snakemake.output.voc)
+    voc = export_voc(snakemake.input.masks, ds, train_ids, val_ids, snakemake.output.voc)
     mmseg = export_mmseg(snakemake.input.masks, ds, train_ids, val_ids, snakemake.output.mmseg)
     write_json(
         snakemake.output.manifest,

@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 from _common import dataset, ids, run
 
-from pole_core.data.voc import load_classes
 from pole_core.io.atomic import read_json
 from pole_core.io.cam_store import open_cams, read_cam
 from pole_core.io.png import read_mask
@@ -40,7 +39,7 @@ def main(log):
         for v, path in zip(p.variants, snakemake.input.evals, strict=True)
     }
     threshold_curve(curves, snakemake.output.curve)
-    bank = load_classes(ds.root)
+    bank = ds.bank
     prompt_histogram(
         read_json(snakemake.input.histogram),
         snakemake.output.histogram,

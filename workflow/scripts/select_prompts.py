@@ -12,7 +12,7 @@ def main(log):
     p = snakemake.params.prompts
     ds = dataset(snakemake)
     train_ids = ids(ds, snakemake.params.split, snakemake.params.max_images)
-    cands = candidates(p, ds.root)
+    cands = candidates(p, ds.bank)
     if p["source"] == "file":
         if not p["file"]:
             raise ValueError("config: prompts.source is 'file' but prompts.file is not set")

@@ -12,6 +12,7 @@ def main(log):
         snakemake.input.histogram,
         snakemake.output.json,
         snakemake.output.md,
+        unscored=snakemake.params.unscored,
     )
     log.info("summary: %s", summary["miou"])
 

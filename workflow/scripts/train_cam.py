@@ -5,7 +5,6 @@ from pathlib import Path
 from _common import augmented_items, bg_words, clip_bundle, dataset, device, ids, new_cam_net, run
 
 from pole_core.cam.train import load_cam_net, train_cam
-from pole_core.data.voc import load_classes
 from pole_core.io.atomic import read_json
 
 
@@ -13,7 +12,7 @@ def main(log):
     cam = snakemake.params.cam
     variant = snakemake.params.variant
     ds = dataset(snakemake)
-    bank = load_classes(ds.root)
+    bank = ds.bank
     train_ids = ids(ds, snakemake.params.split, snakemake.params.max_images)
     template = cam["template"]
 
@@ -58,7 +57,7 @@ def main(log):
         prompts_for,
         clip_bundle(snakemake),
         Path(snakemake.output[0]),
-        bg_words=bg_words(cam, ds.root),
+        bg_words=bg_words(cam, bank),
         epochs=cam["epochs"],
         batch_size=cam["batch_size"],
         lr=cam["lr"],
