@@ -114,7 +114,9 @@ def test_voc_needs_a_root():
         validate_config({})
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "config/voc.yaml", "config/smoke.yaml"])
+@pytest.mark.parametrize(
+    "name", ["config.yaml", "config/voc.yaml", "config/coco.yaml", "config/smoke.yaml"]
+)
 def test_shipped_configs_validate(name):
     cfg = yaml.safe_load((REPO / name).read_text())
     validate_config(cfg)
