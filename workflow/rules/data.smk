@@ -20,8 +20,11 @@ rule world:
 # train_aug.txt and cls_labels.npy, read by every stage as the dataset's aug_root.
 SBD_ROOT = config["data"].get("sbd_root")
 if SBD_ROOT is not None:
-    if WORLD:
-        raise WorkflowError("config: data.sbd_root needs data.source voc (the world has no SBD ids)")
+    if config["data"]["source"] != "voc":
+        raise WorkflowError(
+            f"config: data.sbd_root needs data.source voc (not {config['data']['source']}); "
+            "set data.sbd_root null"
+        )
     if not Path(SBD_ROOT).is_dir():
         raise WorkflowError(f"{SBD_ROOT}: SBD root not found (config data.sbd_root)")
 
