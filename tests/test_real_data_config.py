@@ -12,7 +12,7 @@ from rehearsal.vocdevkit import make_weights
 from workflow_utils import REPO, snakemake
 
 from pole_core.cam.network import build_cam_net, import_irnet_cam, irnet_cam_state_dict
-from pole_core.config import flatten
+from pole_core.config import flatten, paper_defaults
 from pole_core.device import amp_dtype, grad_scaler
 
 
@@ -42,8 +42,6 @@ def test_voc_config_gets_only_its_own_keys(voc_work):
     proc = snakemake(voc_work, "--dry-run", configfile="config/voc.yaml")
     voc = flatten(yaml.safe_load((REPO / "config" / "voc.yaml").read_text()))
     # data.source, data.train_split ... are set in voc.yaml to the default value itself
-    from pole_core.config import paper_defaults
-
     defaults = flatten(paper_defaults())
     expected = {k for k, v in voc.items() if defaults.get(k) != v}
     assert _differing_keys(proc) == expected

@@ -18,6 +18,7 @@ from typing import Any
 
 
 def current_umask() -> int:
+    """The process umask: the mode new outputs get (mkstemp and mkdtemp ignore it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

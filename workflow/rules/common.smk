@@ -1,4 +1,5 @@
 # Config validation, paths and the small input functions every stage uses.
+import functools
 import hashlib
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from pole_core.config import (
     validate_config,
     variant_settings,
 )
+from pole_core.data.registry import has_ground_truth, open_dataset
 
 # config.yaml is the demo run: it applies only when no --configfile is given, so a
 # real-data config (config/voc.yaml) starts from the paper defaults of the schema and
@@ -137,22 +139,16 @@ def class_names():
     return list(_dataset().class_names)
 
 
+@functools.cache
 def _dataset():
     """The reader of data.source over data.root, opened once at start-up: a folder dataset's
     labels.csv is checked here, so a bad row stops the run before any job starts."""
-    global _DATASET
-    if _DATASET is None:
-        from pole_core.data.registry import open_dataset
-        from pole_core.data.voc import DataError
+    from pole_core.data.voc import DataError
 
-        try:
-            _DATASET = open_dataset(config["data"]["source"], config["data"]["root"])
-        except DataError as err:
-            raise WorkflowError(str(err)) from None
-    return _DATASET
-
-
-_DATASET = None
+    try:
+        return open_dataset(config["data"]["source"], config["data"]["root"])
+    except DataError as err:
+        raise WorkflowError(str(err)) from None
 
 
 # A typo in the synonym bank would otherwise surface only at select_prompts, after the
@@ -166,8 +162,6 @@ if _unknown:
 
 # A dataset without ground truth (a folder without masks/) still gets its pseudo-masks,
 # segmenter and export; the score rules (eval_*, figures) leave the DAG.
-from pole_core.data.registry import has_ground_truth
-
 SCORED = WORLD or has_ground_truth(config["data"]["source"], config["data"]["root"])
 
 scattergather:
