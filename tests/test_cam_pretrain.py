@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import torch
+from killing import killed_after_steps
 from test_cam_train import TinyItems, make_net
 
-from pole_core.cam.pretrain import classification_loss, pretrain_cam_classifier
-from pole_core.cam.train import load_cam_net, partial_path
+from pole_core.cam.pretrain import PretrainParams, classification_loss, pretrain_cam_classifier
+from pole_core.cam.train import load_cam_net
+from pole_core.training import partial_path
 
-KW = {
-    "batch_size": 4,
-    "lr": 0.05,
-    "head_lr": 0.5,
-    "weight_decay": 1e-4,
-    "seed": 1,
-    "device": "cpu",
-    "progress": False,
-    "log": lambda s: None,
-}
+HP = {"batch_size": 4, "lr": 0.05, "head_lr": 0.5, "weight_decay": 1e-4, "momentum": 0.9, "seed": 1}
+
+
+def fit(net, items, out, **hp):
+    params = PretrainParams(**{**HP, **hp})
+    return pretrain_cam_classifier(
+        net, items, out, params, device="cpu", progress=False, log=lambda s: None
+    )
 
 
 def test_classification_loss_prefers_the_right_labels():
@@ -28,7 +28,7 @@ def test_classification_loss_prefers_the_right_labels():
 
 def test_classifier_learns_the_labels_and_loads_as_a_cam_net(tmp_path):
     items, out = TinyItems(16), tmp_path / "init.pt"
-    stats = pretrain_cam_classifier(make_net(0), items, out, epochs=15, **KW)
+    stats = fit(make_net(0), items, out, epochs=15)
     losses = [row["loss"] for row in stats["epochs"]]
     assert losses[-1] < 0.6 * losses[0]
     assert stats["epochs"][-1]["label_accuracy"] >= 0.9
@@ -45,10 +45,11 @@ def test_classifier_learns_the_labels_and_loads_as_a_cam_net(tmp_path):
 def test_resume_is_bit_identical(tmp_path):
     items = TinyItems(8)
     full, cut = tmp_path / "full.pt", tmp_path / "cut.pt"
-    pretrain_cam_classifier(make_net(0), items, full, epochs=3, **KW)
-    stats = pretrain_cam_classifier(make_net(0), items, cut, epochs=3, stop_after_steps=5, **KW)
-    assert stats["stopped"] and not cut.exists() and partial_path(cut).is_file()
-    stats = pretrain_cam_classifier(make_net(7), items, cut, epochs=3, **KW)
+    fit(make_net(0), items, full, epochs=3)
+    with killed_after_steps(5):  # 2 steps per epoch: dies in epoch 3
+        fit(make_net(0), items, cut, epochs=3)
+    assert not cut.exists() and partial_path(cut).is_file()
+    stats = fit(make_net(7), items, cut, epochs=3)
     assert stats["resumed_from_epoch"] == 2
     a, b = torch.load(full, weights_only=False), torch.load(cut, weights_only=False)
     for k, v in a["state_dict"].items():

@@ -7,11 +7,13 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
+from killing import killed_after_steps
 from torch import nn
 from torch.utils.data import Dataset
 
 from pole_core.cam.network import build_cam_net
-from pole_core.cam.train import load_cam_net, partial_path, train_cam
+from pole_core.cam.train import CamTrainParams, load_cam_net, train_cam
+from pole_core.training import partial_path
 
 NAMES = ["red", "green", "blue"]
 COLOURS = torch.eye(3)
@@ -94,29 +96,35 @@ def make_net(seed: int = 0):
     return build_cam_net("mini", 3, strides=(2, 2, 1, 1), widths=(8, 8, 16, 16))
 
 
-KW = {
-    "bg_words": ["grey", "wall"],
+HP = {
     "batch_size": 4,
     "lr": 0.01,
     "head_lr": None,
     "weight_decay": 1e-4,
+    "momentum": 0.9,
     "loss_weights": {"otm": 10, "btm": 24, "cbs": 1, "reg": 0.2},
     "cbs_thresh": 0.01,  # the fake CLIP's cosines are small; keep CBS active
     "seed": 3,
-    "device": "cpu",
-    "progress": False,
-    "log": lambda s: None,
 }
+
+
+def fit(net, ds, prompts_for, bundle, out, *, log=lambda s: None, **hp):
+    """train_cam with the test's hyper-parameters, overridden by ``hp``."""
+    params = CamTrainParams(**{**HP, **hp})
+    return train_cam(
+        net, ds, prompts_for, bundle, out, params,
+        bg_words=["grey", "wall"], device="cpu", progress=False, log=log,
+    )  # fmt: skip
 
 
 def test_train_save_and_load(tmp_path):
     ds, bundle = TinyItems(), FakeBundle()
     out = tmp_path / "cam" / "model.pt"
     net = make_net()
-    stats = train_cam(net, ds, prompts(ds), bundle, out, epochs=2, adapters=False, **KW)
+    stats = fit(net, ds, prompts(ds), bundle, out, epochs=2, adapters=False)
     assert out.is_file() and not partial_path(out).exists()
     assert not list(out.parent.glob(".*tmp*"))  # no temp files left behind
-    assert stats["steps"] == 4 and len(stats["epochs"]) == 2 and not stats["stopped"]
+    assert stats["steps"] == 4 and len(stats["epochs"]) == 2
     assert ds.epochs_seen == [0, 1]
     for row in stats["epochs"]:
         assert all(
@@ -135,10 +143,7 @@ def test_train_save_and_load(tmp_path):
 
 def test_loss_decreases(tmp_path):
     ds, bundle = TinyItems(), FakeBundle()
-    kw = dict(KW, lr=0.002)
-    stats = train_cam(
-        make_net(), ds, prompts(ds), bundle, tmp_path / "m.pt", epochs=6, adapters=True, **kw
-    )
+    stats = fit(make_net(), ds, prompts(ds), bundle, tmp_path / "m.pt", epochs=6, lr=0.002)
     totals = [row["total"] for row in stats["epochs"]]
     assert totals[-1] < 0.8 * totals[0]
     assert all(row["cbs"] > 0 for row in stats["epochs"])
@@ -146,19 +151,18 @@ def test_loss_decreases(tmp_path):
 
 def test_resume_is_bit_identical(tmp_path):
     ds, bundle = TinyItems(), FakeBundle()
-    kw = dict(KW, adapters=True, cls_weight=0.5, prompts_for=lambda i: prompts(ds)[i])
+    kw = {"adapters": True, "cls_weight": 0.5, "epochs": 2}
     full = tmp_path / "full.pt"
-    train_cam(make_net(0), ds, kw.pop("prompts_for"), bundle, full, epochs=2, **kw)
+    fit(make_net(0), ds, lambda i: prompts(ds)[i], bundle, full, **kw)
 
     cut = tmp_path / "cut.pt"
-    stats = train_cam(
-        make_net(0), ds, lambda i: prompts(ds)[i], bundle, cut, epochs=2, stop_after_steps=3, **kw
-    )
-    assert stats["stopped"] and not cut.exists()
+    with killed_after_steps(3):  # 2 steps per epoch: dies in epoch 2
+        fit(make_net(0), ds, lambda i: prompts(ds)[i], bundle, cut, **kw)
+    assert not cut.exists()
     part = partial_path(cut)
     assert part.is_file() and torch.load(part, weights_only=False)["epoch"] == 1
     # restart with a differently initialised net: the partial checkpoint wins
-    stats = train_cam(make_net(99), ds, lambda i: prompts(ds)[i], bundle, cut, epochs=2, **kw)
+    stats = fit(make_net(99), ds, lambda i: prompts(ds)[i], bundle, cut, **kw)
     assert stats["resumed_from_epoch"] == 1 and cut.is_file() and not part.exists()
 
     a, b = torch.load(full, weights_only=False), torch.load(cut, weights_only=False)
@@ -173,15 +177,14 @@ def test_resume_is_bit_identical(tmp_path):
 def test_partial_from_other_settings_is_ignored_and_crash_keeps_partial(tmp_path, monkeypatch):
     ds, bundle = TinyItems(), FakeBundle()
     out = tmp_path / "m.pt"
-    train_cam(
-        make_net(), ds, prompts(ds), bundle, out, epochs=2, adapters=False, stop_after_steps=2, **KW
-    )
+    with killed_after_steps(2):
+        fit(make_net(), ds, prompts(ds), bundle, out, epochs=2, adapters=False)
     assert partial_path(out).is_file()
     logs: list[str] = []
     # other settings: not resumed
-    stats = train_cam(make_net(), ds, prompts(ds), bundle, out, epochs=1, adapters=False,
-                      stop_after_steps=0, **dict(KW, log=logs.append))  # fmt: skip
-    assert stats["resumed_from_epoch"] == 0 and any("other settings" in s for s in logs)
+    with killed_after_steps(0):
+        fit(make_net(), ds, prompts(ds), bundle, out, epochs=1, adapters=False, log=logs.append)
+    assert any("other settings" in s for s in logs) and not any("resuming" in s for s in logs)
     # a crash while the final file is written leaves no final file and keeps the partial
     import pole_core.io.checkpoint as ckpt
 
@@ -195,12 +198,12 @@ def test_partial_from_other_settings_is_ignored_and_crash_keeps_partial(tmp_path
 
     monkeypatch.setattr(ckpt.torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        train_cam(make_net(), ds, prompts(ds), bundle, out, epochs=2, adapters=False, **KW)
+        fit(make_net(), ds, prompts(ds), bundle, out, epochs=2, adapters=False)
     assert not out.exists() and partial_path(out).is_file()
     assert not list(tmp_path.glob(".*tmp*"))
     monkeypatch.undo()
     # rerun: all epochs are in the partial file, only the final file is written
-    stats = train_cam(make_net(), ds, prompts(ds), bundle, out, epochs=2, adapters=False, **KW)
+    stats = fit(make_net(), ds, prompts(ds), bundle, out, epochs=2, adapters=False)
     assert stats["resumed_from_epoch"] == 2 and out.is_file() and not partial_path(out).exists()
 
 
@@ -226,7 +229,7 @@ def test_load_errors(tmp_path):
 def test_missing_prompt_is_a_clear_error(tmp_path):
     ds, bundle = TinyItems(), FakeBundle()
     with pytest.raises(KeyError, match="no prompt"):
-        train_cam(
+        fit(
             make_net(),
             ds,
             [{} for _ in ds.items],
@@ -234,5 +237,4 @@ def test_missing_prompt_is_a_clear_error(tmp_path):
             tmp_path / "x.pt",
             epochs=1,
             adapters=False,
-            **KW,
         )

@@ -11,6 +11,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from killing import killed_after_steps
 
 from pole_core.clip import (
     ClipBundle,
@@ -21,7 +22,13 @@ from pole_core.clip import (
     zeroshot_eval,
 )
 from pole_core.clip.bundle import clip_resize_crop, is_openai_layout, read_clip_checkpoint
-from pole_core.clip.mini import MINI_MEAN, MINI_STD, full_model_cfg, multi_positive_loss
+from pole_core.clip.mini import (
+    MINI_MEAN,
+    MINI_STD,
+    MiniClipParams,
+    full_model_cfg,
+    multi_positive_loss,
+)
 from pole_core.clip.zeroshot import average_precision, format_zeroshot, topk_in_gt
 from pole_core.io.checkpoint import save_checkpoint
 
@@ -213,24 +220,16 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
 
 
-class Killed(RuntimeError):
-    pass
-
-
 def test_train_mini_clip_loss_decreases_and_resume_is_exact(tmp_path):
     corpus = make_corpus(tmp_path / "corpus")
-    kwargs = dict(
-        epochs=3,
-        batch_size=16,
-        lr=3e-3,
-        warmup_steps=2,
-        seed=3,
-        model_cfg=TINY_CFG,
-        progress=False,
-        log=lambda s: None,
-    )
+    recipe = dict(epochs=3, batch_size=16, lr=3e-3, warmup_steps=2, seed=3)
+
+    def fit(out, log=lambda s: None, **hp):
+        params = MiniClipParams(**{**recipe, **hp})
+        return train_mini_clip(corpus, out, params, model_cfg=TINY_CFG, progress=False, log=log)
+
     straight = tmp_path / "straight" / "model.pt"
-    stats = train_mini_clip(corpus, straight, **kwargs)
+    stats = fit(straight)
     assert stats["steps"] == 12 and stats["resumed_from_epoch"] == 0
     assert stats["loss_per_epoch"][-1] < stats["loss_per_epoch"][0]
     assert not (straight.parent / "model.pt.partial.pt").exists()
@@ -240,26 +239,22 @@ def test_train_mini_clip_loss_decreases_and_resume_is_exact(tmp_path):
     # a run killed after epoch 1 leaves only the partial checkpoint ...
     resumed = tmp_path / "resumed" / "model.pt"
 
-    def kill(epoch, _stats):
-        if epoch == 1:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train_mini_clip(corpus, resumed, on_epoch_end=kill, **kwargs)
+    with killed_after_steps(4):  # 4 steps per epoch: dies at the start of epoch 2
+        fit(resumed)
     partial = resumed.parent / "model.pt.partial.pt"
     assert partial.exists() and not resumed.exists()
     # ... and the restarted run continues from it to bit-identical weights
-    stats2 = train_mini_clip(corpus, resumed, **kwargs)
+    stats2 = fit(resumed)
     assert stats2["resumed_from_epoch"] == 1 and not partial.exists()
     assert stats2["loss_per_epoch"] == stats["loss_per_epoch"]
     a, b = _state_dict(straight), _state_dict(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     # a stale partial from another config is ignored, not mixed in
-    with pytest.raises(Killed):
-        train_mini_clip(corpus, resumed, on_epoch_end=kill, **{**kwargs, "seed": 4})
+    with killed_after_steps(4):
+        fit(resumed, seed=4)
     logs: list[str] = []
-    stats3 = train_mini_clip(corpus, resumed, **{**kwargs, "log": logs.append})
+    stats3 = fit(resumed, log=logs.append)
     assert stats3["resumed_from_epoch"] == 0 and any("ignoring" in line for line in logs)
 
     # the trained file loads as a bundle and reproduces the model's embeddings
@@ -279,10 +274,17 @@ def test_corpus_errors(tmp_path):
     (corpus / "captions.txt").write_text("a photo of a ship .\n")
     with pytest.raises(ValueError, match="1 captions for 8 images"):
         train_mini_clip(
-            corpus, tmp_path / "m.pt", model_cfg=TINY_CFG, progress=False, log=lambda s: None
-        )
+            corpus, tmp_path / "m.pt", MiniClipParams(), model_cfg=TINY_CFG, progress=False,
+            log=lambda s: None,
+        )  # fmt: skip
     with pytest.raises(FileNotFoundError, match="images.npy: caption corpus file not found"):
-        train_mini_clip(tmp_path / "none", tmp_path / "m.pt", progress=False, log=lambda s: None)
+        train_mini_clip(
+            tmp_path / "none",
+            tmp_path / "m.pt",
+            MiniClipParams(),
+            progress=False,
+            log=lambda s: None,
+        )
 
 
 # --------------------------------------------------------------------------- real open_clip architectures

@@ -9,32 +9,39 @@ both variants one shared, better start: the classic CAM network (IRNet step 1), 
 multi-label classifier on global-average-pooled head logits, trained on the
 training split's image-level labels (the only supervision WSSS has).
 
-Resumable like the other trainers: a per-epoch ``<out>.partial.pt`` with the full
-state; the final file has the :func:`pole_core.cam.train.load_cam_net` layout.
+Resumable like the other trainers (:class:`pole_core.training.TrainLoop`); the final
+file has the :func:`pole_core.cam.train.load_cam_net` layout.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from ..device import autocast, grad_scaler, resolve_device
-from ..io.checkpoint import (
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-)
+from ..device import autocast, resolve_device
+from ..io.checkpoint import seed_everything
+from ..training import TrainLoop, epoch_loader, poly_schedule, steps_per_epoch
 from .network import CamNet
-from .train import _poly_lr, partial_path, save_cam_net
+from .train import cam_net_checkpoint
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    """IRNet step 1's schedule (run_sample.py: 5 epochs, batch 16, lr 0.1, head 10 × lr)."""
+
+    epochs: int = 5
+    batch_size: int = 16
+    lr: float = 0.1
+    head_lr: float = 1.0
+    weight_decay: float = 1e-4
+    momentum: float = 1e-4
+    seed: int = 0
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -46,154 +53,76 @@ def pretrain_cam_classifier(
     net: CamNet,
     items: Dataset,
     out_path: str | os.PathLike,
+    params: PretrainParams,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    head_lr: float,
-    weight_decay: float,
-    seed: int,
     device: str | torch.device = "auto",
-    momentum: float = 0.9,
     workers: int = 0,
     progress: bool = True,
     log: Callable[[str], Any] = print,
-    stop_after_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train ``net`` as a multi-label classifier on ``items`` ({"image", "labels"}); save it.
 
-    SGD with the poly schedule of :func:`pole_core.cam.train.train_cam` (backbone at
-    ``lr``, head at ``head_lr``). Returns per-epoch loss and accuracy stats.
+    SGD with the poly schedule of the CAM stage (backbone at ``lr``, head at
+    ``head_lr``). Returns per-epoch loss and label-accuracy stats.
     """
+    p = params
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    out_path = Path(out_path)
-    part = partial_path(out_path)
     n = len(items)
     if n == 0:
         raise ValueError(f"{out_path}: no training items for the CAM classifier")
-    if epochs < 1 or batch_size < 1:
+    if p.epochs < 1 or p.batch_size < 1:
         raise ValueError(f"{out_path}: epochs and batch_size must be >= 1")
-    drop_last = n >= batch_size
-    steps_per_epoch = n // batch_size if drop_last else 1
-    max_steps = epochs * steps_per_epoch
+    n_steps, drop_last = steps_per_epoch(n, p.batch_size)
     fingerprint = {
+        **asdict(p),
         "arch": dict(net.arch),
         "n_items": n,
         "ids": list(getattr(items, "ids", []) or []),
-        "epochs": int(epochs),
-        "batch_size": int(batch_size),
-        "lr": float(lr),
-        "head_lr": float(head_lr),
-        "weight_decay": float(weight_decay),
-        "momentum": float(momentum),
-        "seed": int(seed),
     }
 
-    seed_everything(seed)
+    seed_everything(p.seed)
     net.to(dev)
-    groups = net.param_groups(lr, head_lr, weight_decay)
-    for g in groups:
-        g["initial_lr"] = g["lr"]
-    opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scaler = grad_scaler(dev)
-    start_epoch, step, history = 0, 0, []
-    if part.is_file():
-        ck = load_checkpoint(part, map_location="cpu")
-        if ck.get("fingerprint") == fingerprint:
-            net.load_state_dict(ck["net"])
-            opt.load_state_dict(ck["optimizer"])
-            scaler.load_state_dict(ck["scaler"])
-            start_epoch, step, history = int(ck["epoch"]), int(ck["step"]), list(ck["history"])
-            set_rng_state(ck["rng"])
-            log(f"pretrain_cam: resuming from {part} after epoch {start_epoch}/{epochs}")
-        else:
-            log(f"pretrain_cam: {part} was written with other settings; starting fresh")
+    groups = net.param_groups(p.lr, p.head_lr, p.weight_decay)
+    opt = torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    loop = TrainLoop(
+        "pretrain_cam",
+        out_path,
+        modules={"net": net},
+        optimizer=opt,
+        device=dev,
+        epochs=p.epochs,
+        schedule=poly_schedule(p.epochs * n_steps),
+        fingerprint=fingerprint,
+        progress=progress,
+        log=log,
+    )
+    loop.resume()
 
-    stopped = False
-    for epoch in range(start_epoch, epochs):
-        net.train()
-        if hasattr(items, "set_epoch"):
-            items.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(int(seed) + epoch)
-        loader = DataLoader(
+    def step(batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images = batch["image"].to(dev, non_blocking=True).float()
+        labels = batch["labels"].to(dev, non_blocking=True).float()
+        with autocast(dev):
+            logits = net(images)
+            loss = classification_loss(logits, labels)
+        pred = logits.detach().float().mean(dim=(2, 3)) > 0
+        return loss, {"loss": loss, "label_accuracy": (pred == (labels > 0.5)).float().mean()}
+
+    history = loop.run(
+        lambda epoch: epoch_loader(
             items,
-            batch_size=batch_size,
-            shuffle=True,
-            generator=gen,
-            num_workers=workers,
+            p.batch_size,
+            epoch,
+            order_seed=p.seed + epoch,
             drop_last=drop_last,
-            pin_memory=dev.type == "cuda",
-        )
-        bar = loader
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(loader, desc=f"pretrain_cam {epoch + 1}/{epochs}", leave=False)
-        loss_sum, correct, total, n_steps, t0 = 0.0, 0.0, 0, 0, time.perf_counter()
-        for batch in bar:
-            if stop_after_steps is not None and step >= stop_after_steps:
-                stopped = True
-                break
-            images = batch["image"].to(dev, non_blocking=True).float()
-            labels = batch["labels"].to(dev, non_blocking=True).float()
-            _poly_lr(opt, step, max_steps)
-            with autocast(dev):
-                logits = net(images)
-                loss = classification_loss(logits, labels)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            n_steps += 1
-            loss_sum += float(loss.detach())
-            pred = logits.detach().float().mean(dim=(2, 3)) > 0
-            correct += float((pred == (labels > 0.5)).float().sum())
-            total += labels.numel()
-            if progress:
-                bar.set_postfix(loss=f"{loss_sum / n_steps:.4f}")
-        if progress:
-            bar.close()
-        if stopped:
-            log(f"pretrain_cam: stopped after {step} steps (stop_after_steps)")
-            break
-        row = {
-            "epoch": epoch + 1,
-            "loss": loss_sum / max(n_steps, 1),
-            "label_accuracy": correct / max(total, 1),
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        history.append(row)
-        log(
-            f"pretrain_cam epoch {epoch + 1}/{epochs}: loss {row['loss']:.4f} "
-            f"label accuracy {row['label_accuracy']:.3f} ({row['seconds']:.1f}s)"
-        )
-        save_checkpoint(
-            part,
-            {
-                "epoch": epoch + 1,
-                "step": step,
-                "net": net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict(),
-                "history": history,
-                "rng": rng_state(),
-                "fingerprint": fingerprint,
-            },
-        )
-
+            device=dev,
+            workers=workers,
+        ),
+        step,
+    )
     net.eval()
-    stats = {
-        "epochs": history,
-        "steps": step,
-        "resumed_from_epoch": start_epoch,
-        "stopped": stopped,
-    }
-    if stopped:
-        return stats
-    save_cam_net(out_path, net, stats)
-    part.unlink(missing_ok=True)
+    stats = {"epochs": history, "steps": loop.step, "resumed_from_epoch": loop.resumed_from_epoch}
+    loop.finish(cam_net_checkpoint(net, stats))
     return stats
 
 
-__all__ = ["classification_loss", "pretrain_cam_classifier"]
+__all__ = ["PretrainParams", "classification_loss", "pretrain_cam_classifier"]

@@ -2,54 +2,71 @@
 
 One function, :func:`train_cam`, serves both variants of the DAG: the baseline
 (prompts built from the dataset class names) and POLE (prompts from the per-image
-selection table, adapters on). It follows CLIMS's ``step/train_clims.py``: SGD with
-a poly learning rate (power 0.9) over all steps, backbone at ``lr`` and the new head
+selection table, adapters on). It follows CLIMS's released training: SGD with a
+poly learning rate (power 0.9) over all steps, backbone at ``lr`` and the new head
 at ``head_lr`` (CLIMS: 10 × lr), one sigmoid CAM per present class masked into a
-foreground and a background image that the frozen CLIP scores.
-
-Robustness: a checkpoint ``<out_path>.partial.pt`` is written (atomically) after
-every epoch and picked up on restart; it carries a fingerprint of the settings, so a
-partial file from a run with other settings is ignored, not resumed. With the data
-order seeded from ``seed + epoch`` and the RNG state restored, a resumed CPU run
-gives bit-identical weights to an uninterrupted one. The final file is written
-atomically and only then is the partial file removed.
+foreground and a background image that the frozen CLIP scores. The loop around the
+step (schedule, AMP, per-epoch resumable checkpoint) is :class:`pole_core.training.TrainLoop`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from ..device import autocast, grad_scaler, resolve_device
-from ..io.checkpoint import (
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-)
+from ..device import autocast, resolve_device
+from ..io.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from ..training import TrainLoop, epoch_loader, partial_path, poly_schedule, steps_per_epoch
 from .adapters import Adapter
 from .losses import LOSS_KEYS, clims_losses, present_pairs
 from .network import CamNet, build_cam_net
 
-POLY_POWER = 0.9
 LOG_KEYS = ("total", *LOSS_KEYS, "cls")
 
 Prompts = Callable[[int], Mapping[int, str]] | Sequence[Mapping[int, str]]
 
 
-def partial_path(out_path: str | os.PathLike) -> Path:
-    """Where :func:`train_cam` keeps its per-epoch resumable checkpoint."""
-    return Path(f"{os.fspath(out_path)}.partial.pt")
+@dataclass(frozen=True)
+class CamTrainParams:
+    """Hyper-parameters of the CAM stage; the defaults are the released POLE recipe.
+
+    ``loss_weights``: ``{otm, btm, cbs, reg}`` (CLIMS 10/24/1/0.2; POLE 10/25/1/0).
+    ``head_lr``: head (and adapter) learning rate; None = 10 × lr (CLIMS).
+    ``momentum``: IRNet/CLIMS's PolyOptimizer passes weight decay into SGD's momentum
+    slot, so their effective momentum is 1e-4, i.e. none.
+    ``cls_weight``: optional multi-label soft-margin loss on the GAP logits (not in the
+    paper; a knob for weak CLIPs). 0 disables it.
+    ``mask_fill``, ``cbs_reduction``: see :func:`pole_core.cam.losses.clims_losses`.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    head_lr: float | None = None
+    weight_decay: float = 1e-4
+    momentum: float = 1e-4
+    loss_weights: Mapping[str, float] = field(
+        default_factory=lambda: {"otm": 10.0, "btm": 25.0, "cbs": 1.0, "reg": 0.0}
+    )
+    adapters: bool = True
+    adapter_ratio: float = 0.2
+    adapter_reduction: int = 4
+    cbs_thresh: float = 0.26
+    cbs_reduction: str = "sum"
+    clamp: tuple[float, float] = (1e-4, 0.9999)
+    cls_weight: float = 0.0
+    bg_template: str = "a photo of {}."
+    mask_fill: str = "mean"
+    seed: int = 0
 
 
 def build_adapters(dim: int, reduction: int = 4, ratio: float = 0.2) -> nn.ModuleDict:
@@ -83,44 +100,19 @@ def _data_digest(dataset_items: Dataset, prompts_for: Prompts) -> str:
     return h.hexdigest()[:16]
 
 
-def _poly_lr(optimizer: torch.optim.Optimizer, step: int, max_steps: int) -> float:
-    """IRNet/CLIMS PolyOptimizer: lr = lr0 · (1 − step/max_steps)^0.9, set before each step."""
-    mult = (1.0 - step / max_steps) ** POLY_POWER if step < max_steps else 0.0
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * mult
-    return mult
-
-
 def train_cam(
     net: CamNet,
     dataset_items: Dataset,
     prompts_for: Prompts,
     bundle: Any,
     out_path: str | os.PathLike,
+    params: CamTrainParams,
     *,
     bg_words: Sequence[str],
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    head_lr: float | None,
-    weight_decay: float,
-    loss_weights: Mapping[str, float],
-    adapters: bool,
-    adapter_ratio: float = 0.2,
-    adapter_reduction: int = 4,
-    cbs_thresh: float = 0.26,
-    clamp: tuple[float, float] = (1e-4, 0.9999),
-    cls_weight: float = 0.0,
-    seed: int,
     device: str | torch.device,
     workers: int = 0,
     progress: bool = True,
     log: Callable[[str], Any] = print,
-    stop_after_steps: int | None = None,
-    momentum: float = 0.9,
-    bg_template: str = "a photo of {}.",
-    mask_fill: str = "mean",
-    cbs_reduction: str = "sum",
     clip_input_size: int | None = None,
 ) -> dict[str, Any]:
     """Train ``net`` with the CLIMS losses and save ``out_path``; returns training stats.
@@ -133,117 +125,76 @@ def train_cam(
             ``i``), the formatted text per present class, e.g. "a photo of ship.".
         bundle: frozen CLIP (``encode_image``, ``encode_text``, ``embed_dim``).
         out_path: final checkpoint ``{"state_dict", "adapters", "arch", "stats"}``.
-        bg_words: CBS background words, each formatted with ``bg_template``.
-        head_lr: head (and adapter) learning rate; None = 10 × lr (CLIMS).
-        loss_weights: ``{otm, btm, cbs, reg}`` (CLIMS 10/24/1/0.2; POLE 10/25/1/0).
-        adapters: train POLE's image and text adapters (at ``head_lr``).
-        cls_weight: optional multi-label soft-margin loss on the GAP logits (not in the
-            paper; a knob for weak demo CLIPs). 0 disables it.
-        stop_after_steps: stop after this many steps in total (tests simulate a kill);
-            the final file is not written, the last per-epoch partial file stays.
-        momentum: SGD momentum. (IRNet/CLIMS's PolyOptimizer passes weight decay into
-            SGD's momentum slot, so their effective momentum is 1e-4, i.e. none.)
-        mask_fill, cbs_reduction: see :func:`pole_core.cam.losses.clims_losses`.
+        bg_words: CBS background words, each formatted with ``params.bg_template``.
         clip_input_size: mask at this size; default ``bundle.input_size`` if it has one.
     """
+    p = params
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    out_path = Path(out_path)
-    part = partial_path(out_path)
     n_items = len(dataset_items)
     if n_items == 0:
         raise ValueError("train_cam: the dataset is empty")
-    if epochs < 1 or batch_size < 1:
+    if p.epochs < 1 or p.batch_size < 1:
         raise ValueError(
-            f"train_cam: epochs and batch_size must be >= 1, got {epochs}, {batch_size}"
+            f"train_cam: epochs and batch_size must be >= 1, got {p.epochs}, {p.batch_size}"
         )
-    head_lr = 10.0 * lr if head_lr is None else float(head_lr)
-    drop_last = n_items >= batch_size  # CLIMS drops the ragged last batch
-    steps_per_epoch = n_items // batch_size if drop_last else 1
-    max_steps = steps_per_epoch * epochs
+    head_lr = 10.0 * p.lr if p.head_lr is None else float(p.head_lr)
+    n_steps, drop_last = steps_per_epoch(n_items, p.batch_size)
     if clip_input_size is None:
         clip_input_size = getattr(bundle, "input_size", None)
-    weights = {k: float(loss_weights.get(k, 0.0)) for k in LOSS_KEYS}
-    unknown = set(loss_weights) - set(LOSS_KEYS)
+    unknown = set(p.loss_weights) - set(LOSS_KEYS)
     if unknown:
         raise ValueError(f"loss_weights: unknown terms {sorted(unknown)}; expected {LOSS_KEYS}")
-
+    weights = {k: float(p.loss_weights.get(k, 0.0)) for k in LOSS_KEYS}
+    bg_prompts = [p.bg_template.format(w) for w in bg_words]
     fingerprint = {
+        **asdict(p),
+        "head_lr": head_lr,
+        "loss_weights": weights,
+        "clamp": [float(c) for c in p.clamp],
         "arch": dict(net.arch),
         "n_items": n_items,
-        "epochs": int(epochs),
-        "batch_size": int(batch_size),
-        "lr": float(lr),
-        "head_lr": head_lr,
-        "weight_decay": float(weight_decay),
-        "momentum": float(momentum),
-        "loss_weights": weights,
-        "adapters": bool(adapters),
-        "adapter_ratio": float(adapter_ratio),
-        "adapter_reduction": int(adapter_reduction),
-        "cbs_thresh": float(cbs_thresh),
-        "clamp": [float(c) for c in clamp],
-        "cls_weight": float(cls_weight),
-        "seed": int(seed),
-        "bg_words": [bg_template.format(w) for w in bg_words],
-        "mask_fill": mask_fill,
-        "cbs_reduction": cbs_reduction,
+        "bg_words": bg_prompts,
         "clip_input_size": clip_input_size,
         "clip_embed_dim": int(bundle.embed_dim),
         "data_digest": _data_digest(dataset_items, prompts_for),
     }
 
-    seed_everything(seed)
+    seed_everything(p.seed)
     adapter_mods = (
-        build_adapters(int(bundle.embed_dim), adapter_reduction, adapter_ratio).to(device)
-        if adapters
+        build_adapters(int(bundle.embed_dim), p.adapter_reduction, p.adapter_ratio).to(device)
+        if p.adapters
         else None
     )
     net.to(device)
-    groups = net.param_groups(lr, head_lr, weight_decay)
+    groups = net.param_groups(p.lr, head_lr, p.weight_decay)
+    modules: dict[str, nn.Module] = {"net": net}
     if adapter_mods is not None:
+        modules["adapters"] = adapter_mods
         groups.append(
             {
                 "params": list(adapter_mods.parameters()),
                 "lr": head_lr,
-                "weight_decay": float(weight_decay),
+                "weight_decay": float(p.weight_decay),
                 "name": "adapters",
             }
         )
-    for g in groups:
-        g["initial_lr"] = g["lr"]
-    optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scaler = grad_scaler(device)
-
-    start_epoch, global_step, history = 0, 0, []
-    if part.is_file():
-        try:
-            ck = load_checkpoint(part, map_location="cpu")
-        except ValueError as err:
-            log(f"train_cam: ignoring damaged partial checkpoint ({err}); starting fresh")
-            ck = None
-        if ck is not None and ck.get("fingerprint") != fingerprint:
-            log(f"train_cam: {part} was written with other settings; starting fresh")
-            ck = None
-        if ck is not None:
-            net.load_state_dict(ck["net"])
-            if adapter_mods is not None:
-                adapter_mods.load_state_dict(ck["adapters"])
-            optimizer.load_state_dict(ck["optimizer"])
-            scaler.load_state_dict(ck["scaler"])
-            start_epoch, global_step, history = (
-                int(ck["epoch"]),
-                int(ck["global_step"]),
-                list(ck["history"]),
-            )
-            set_rng_state(ck["rng"])
-            log(f"train_cam: resuming from {part} after epoch {start_epoch}/{epochs}")
+    optimizer = torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    loop = TrainLoop(
+        "train_cam",
+        out_path,
+        modules=modules,
+        optimizer=optimizer,
+        device=device,
+        epochs=p.epochs,
+        schedule=poly_schedule(n_steps * p.epochs),
+        fingerprint=fingerprint,
+        progress=progress,
+        log=log,
+    )
+    loop.resume()
 
     with torch.no_grad():
-        bg_feats = (
-            bundle.encode_text(fingerprint["bg_words"]).float().to(device)
-            if len(bg_words)
-            else None
-        )
+        bg_feats = bundle.encode_text(bg_prompts).float().to(device) if bg_prompts else None
     text_cache: dict[str, torch.Tensor] = {}
 
     def pair_text_feats(
@@ -255,158 +206,98 @@ def train_cam(
             for b, k in zip(b_idx.tolist(), k_idx.tolist(), strict=True)
         ]
         distinct = sorted(set(prompts))
-        new = [p for p in distinct if p not in text_cache]
+        new = [t for t in distinct if t not in text_cache]
         if new:
             with torch.no_grad():
-                for p, f in zip(new, bundle.encode_text(new).float().to(device), strict=True):
-                    text_cache[p] = f
-        feats = torch.stack([text_cache[p] for p in distinct])
+                for t, f in zip(new, bundle.encode_text(new).float().to(device), strict=True):
+                    text_cache[t] = f
+        feats = torch.stack([text_cache[t] for t in distinct])
         if adapter_mods is not None:
             feats = adapter_mods["text"](feats)
-        pos = {p: i for i, p in enumerate(distinct)}
-        return feats[torch.tensor([pos[p] for p in prompts], device=device, dtype=torch.long)]
+        pos = {t: i for i, t in enumerate(distinct)}
+        return feats[torch.tensor([pos[t] for t in prompts], device=device, dtype=torch.long)]
 
-    net.train()
-    if adapter_mods is not None:
-        adapter_mods.train()
-    stopped = False
-    run_steps, run_seconds = 0, 0.0
-    for epoch in range(start_epoch, epochs):
-        if hasattr(dataset_items, "set_epoch"):
-            dataset_items.set_epoch(epoch)
-        gen = torch.Generator()
-        gen.manual_seed(int(seed) + epoch)
-        loader = DataLoader(
-            dataset_items,
-            batch_size=batch_size,
-            shuffle=True,
-            generator=gen,
-            num_workers=workers,
-            drop_last=drop_last,
-            pin_memory=device.type == "cuda",
-        )
-        sums = dict.fromkeys(LOG_KEYS, 0.0)
-        n_pairs, n_steps, t0 = 0, 0, time.perf_counter()
-        bar = loader
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                loader, desc=f"train_cam {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True
+    def step(batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images = batch["image"].to(device, non_blocking=True).float()
+        labels = batch["labels"].to(device, non_blocking=True).float()
+        b_idx, k_idx = present_pairs(labels)
+        with autocast(device):
+            logits = net(images)
+            probs = torch.sigmoid(logits.float())
+            tf = (
+                pair_text_feats(batch["index"], b_idx, k_idx)
+                if b_idx.numel()
+                else torch.zeros(0, 1, device=device)
             )
-        for batch in bar:
-            if stop_after_steps is not None and global_step >= stop_after_steps:
-                stopped = True
-                break
-            t_step = time.perf_counter()
-            images = batch["image"].to(device, non_blocking=True).float()
-            labels = batch["labels"].to(device, non_blocking=True).float()
-            index = batch["index"]
-            _poly_lr(optimizer, global_step, max_steps)
-            b_idx, k_idx = present_pairs(labels)
-            with autocast(device):
-                logits = net(images)
-                probs = torch.sigmoid(logits.float())
-                tf = (
-                    pair_text_feats(index, b_idx, k_idx)
-                    if b_idx.numel()
-                    else torch.zeros(0, 1, device=device)
-                )
-                losses = clims_losses(
-                    probs,
-                    images,
-                    labels,
-                    bundle,
-                    tf,
-                    bg_feats,
-                    weights=weights,
-                    clamp=clamp,
-                    cbs_thresh=cbs_thresh,
-                    image_adapter=adapter_mods["image"] if adapter_mods is not None else None,
-                    clip_input_size=clip_input_size,
-                    mask_fill=mask_fill,
-                    cbs_reduction=cbs_reduction,
-                )
-                total = losses["total"]
-                if cls_weight:
-                    cls = F.multilabel_soft_margin_loss(logits.float().mean(dim=(2, 3)), labels)
-                    total = total + cls_weight * cls
-                else:
-                    cls = total.new_zeros(())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            global_step += 1
-            vals = torch.stack(
-                [total.detach(), *(losses[k].detach().float() for k in LOSS_KEYS), cls.detach()]
-            ).tolist()
-            for k, v in zip(LOG_KEYS, vals, strict=True):
-                sums[k] += v
-            n_pairs += int(losses["n_pairs"])
-            n_steps += 1
-            run_steps += 1
-            run_seconds += time.perf_counter() - t_step
-            if progress:
-                bar.set_postfix({k: f"{v:.3f}" for k, v in zip(LOG_KEYS, vals, strict=True)})
-        if progress:
-            bar.close()
-        if stopped:
-            log(f"train_cam: stopped after {global_step} steps (stop_after_steps)")
-            break
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, **{k: sums[k] / max(n_steps, 1) for k in LOG_KEYS}}
-        row.update(
-            steps=n_steps,
-            pairs=n_pairs,
-            seconds=round(seconds, 3),
-            lr=optimizer.param_groups[0]["lr"],
-        )
-        history.append(row)
-        log(
-            f"train_cam epoch {epoch + 1}/{epochs}: "
-            + " ".join(f"{k} {row[k]:.4f}" for k in LOG_KEYS)
-            + f" ({n_steps} steps, {seconds:.1f}s)"
-        )
-        save_checkpoint(
-            part,
-            {
-                "epoch": epoch + 1,
-                "global_step": global_step,
-                "net": net.state_dict(),
-                "adapters": adapter_mods.state_dict() if adapter_mods is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "history": history,
-                "rng": rng_state(),
-                "fingerprint": fingerprint,
-            },
-        )
+            losses = clims_losses(
+                probs,
+                images,
+                labels,
+                bundle,
+                tf,
+                bg_feats,
+                weights=weights,
+                clamp=p.clamp,
+                cbs_thresh=p.cbs_thresh,
+                image_adapter=adapter_mods["image"] if adapter_mods is not None else None,
+                clip_input_size=clip_input_size,
+                mask_fill=p.mask_fill,
+                cbs_reduction=p.cbs_reduction,
+            )
+            total = losses["total"]
+            if p.cls_weight:
+                cls = F.multilabel_soft_margin_loss(logits.float().mean(dim=(2, 3)), labels)
+                total = total + p.cls_weight * cls
+            else:
+                cls = total.new_zeros(())
+        logged = {"total": total, **{k: losses[k].float() for k in LOSS_KEYS}, "cls": cls}
+        logged["pairs"] = float(losses["n_pairs"])
+        return total, logged
 
+    history = loop.run(
+        lambda epoch: epoch_loader(
+            dataset_items,
+            p.batch_size,
+            epoch,
+            order_seed=p.seed + epoch,
+            drop_last=drop_last,
+            device=device,
+            workers=workers,
+        ),
+        step,
+    )
     net.eval()
     stats: dict[str, Any] = {
         "epochs": history,
-        "steps": global_step,
-        "steps_per_epoch": steps_per_epoch,
-        "resumed_from_epoch": start_epoch,
-        "seconds_per_step": run_seconds / run_steps if run_steps else None,
+        "steps": loop.step,
+        "steps_per_epoch": n_steps,
+        "resumed_from_epoch": loop.resumed_from_epoch,
+        "seconds_per_step": loop.seconds_per_step,
         "final_loss": history[-1]["total"] if history else None,
-        "stopped": stopped,
         "settings": fingerprint,
     }
-    if stopped:
-        return stats
     adapters_state = None
     if adapter_mods is not None:
         adapters_state = {
             "dim": int(bundle.embed_dim),
-            "reduction": int(adapter_reduction),
-            "ratio": float(adapter_ratio),
+            "reduction": int(p.adapter_reduction),
+            "ratio": float(p.adapter_ratio),
             "state_dict": {k: v.detach().cpu() for k, v in adapter_mods.state_dict().items()},
         }
-    save_cam_net(out_path, net, stats, adapters_state)
-    part.unlink(missing_ok=True)
+    loop.finish(cam_net_checkpoint(net, stats, adapters_state))
     return stats
+
+
+def cam_net_checkpoint(
+    net: CamNet, stats: dict[str, Any], adapters: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A CAM network in the layout :func:`load_cam_net` reads."""
+    return {
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "adapters": adapters,
+        "arch": dict(net.arch),
+        "stats": stats,
+    }
 
 
 def save_cam_net(
@@ -416,15 +307,7 @@ def save_cam_net(
     adapters: dict[str, Any] | None = None,
 ) -> None:
     """Write a CAM network in the layout :func:`load_cam_net` reads (atomically)."""
-    save_checkpoint(
-        path,
-        {
-            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-            "adapters": adapters,
-            "arch": dict(net.arch),
-            "stats": stats,
-        },
-    )
+    save_checkpoint(path, cam_net_checkpoint(net, stats, adapters))
 
 
 def load_cam_net(
@@ -469,4 +352,12 @@ def load_cam_net(
     return net, adapters, meta
 
 
-__all__ = ["build_adapters", "load_cam_net", "partial_path", "save_cam_net", "train_cam"]
+__all__ = [
+    "CamTrainParams",
+    "build_adapters",
+    "cam_net_checkpoint",
+    "load_cam_net",
+    "partial_path",
+    "save_cam_net",
+    "train_cam",
+]

@@ -1,50 +1,28 @@
 """Train the segmenter on pseudo-masks: SGD, poly learning rate, CE with 255 ignored.
 
-Resumable: after every epoch the full training state (model, optimizer, AMP
-scaler, epoch, step, RNG) goes atomically to ``<out_path>.partial.pt``; a
-restart continues from the next epoch. The batch order of epoch ``e`` depends
-only on ``(seed, e)`` and the dataset's own ``set_epoch``, so on CPU a resumed
-run ends with the same weights, bit for bit, as an uninterrupted one.
+Resumable through :class:`pole_core.training.TrainLoop`: the batch order of epoch
+``e`` depends only on ``(seed, e)`` and the dataset's own ``set_epoch``, so on CPU a
+resumed run ends with the same weights, bit for bit, as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
-from ..device import autocast, grad_scaler, resolve_device
-from ..io.checkpoint import (
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-)
+from ..device import autocast, resolve_device
+from ..io.checkpoint import load_checkpoint, seed_everything
+from ..training import TrainLoop, epoch_loader, poly_schedule, steps_per_epoch
 from .network import SegNet, build_seg_net
 
 IGNORE = 255
-POLY_POWER = 0.9
-
-
-def partial_path(out_path: str | os.PathLike) -> Path:
-    """Where the per-epoch resumable checkpoint of ``out_path`` lives."""
-    out_path = Path(out_path)
-    return out_path.with_name(out_path.name + ".partial.pt")
-
-
-def poly_lr(base_lr: float, step: int, total_steps: int, power: float = POLY_POWER) -> float:
-    """DeepLab's poly schedule: base_lr · (1 − step/total)^power."""
-    return base_lr * (1.0 - min(step, total_steps) / max(total_steps, 1)) ** power
 
 
 def seg_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -54,162 +32,106 @@ def seg_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return loss / valid.clamp(min=1)
 
 
+@dataclass(frozen=True)
+class SegTrainParams:
+    """Hyper-parameters of the segmenter (DeepLab's SGD with a poly schedule)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    seed: int = 0
+
+
 def train_seg(
     net: nn.Module,
     items: Dataset,
     out_path: str | os.PathLike,
+    params: SegTrainParams,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float = 1e-4,
-    momentum: float = 0.9,
-    seed: int,
     device: str | torch.device = "auto",
     workers: int = 0,
     progress: bool = True,
     log: Callable[[str], Any] = print,
-    stop_after_steps: int | None = None,
 ) -> dict:
     """Train ``net`` on ``items`` ({"image", "mask", ...} dicts) and save the final checkpoint.
 
     The final file holds {"state_dict", "arch", "stats"} and appears only when
-    training completed; the partial checkpoint is then deleted.
-    ``stop_after_steps`` ends the run after that many optimizer steps without a
-    final file (kill-and-resume tests); the stats then carry ``"stopped": True``.
+    training completed; the partial checkpoint is then deleted. A loss that is not
+    finite stops the run with one line.
     """
-    out_path = Path(out_path)
-    partial = partial_path(out_path)
+    p = params
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     n = len(items)
     if n == 0:
         raise ValueError(f"{out_path}: no training items for the segmenter")
-    drop_last = n >= batch_size
-    steps_per_epoch = n // batch_size if drop_last else 1
-    total_steps = epochs * steps_per_epoch
-    config = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "momentum": momentum,
-        "seed": seed,
-        "n_items": n,
-        "arch": getattr(net, "arch", None),
-    }
+    n_steps, drop_last = steps_per_epoch(n, p.batch_size)
+    arch = getattr(net, "arch", None)
+    fingerprint = {**asdict(p), "n_items": n, "arch": arch}
 
-    seed_everything(seed)
+    seed_everything(p.seed)
     net.to(dev)
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scaler = grad_scaler(dev)
-    start_epoch, step, history = 0, 0, []
-
-    if partial.is_file():
-        state = load_checkpoint(partial, map_location="cpu")
-        if state.get("config") == config:
-            net.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            start_epoch, step, history = (
-                state["epoch"],
-                state["step"],
-                list(state["loss_per_epoch"]),
-            )
-            set_rng_state(state["rng"])
-            log(f"train_seg: resuming {partial} after epoch {start_epoch}/{epochs} (step {step})")
-        else:
-            log(f"train_seg: ignoring {partial}: it was written with other settings")
-
-    t0, seen = time.perf_counter(), 0
-    stopped = False
-    for epoch in range(start_epoch, epochs):
-        net.train()
-        if hasattr(items, "set_epoch"):
-            items.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(seed * 100003 + epoch)
-        loader = DataLoader(
-            items,
-            batch_size=batch_size,
-            shuffle=True,
-            drop_last=drop_last,
-            num_workers=workers,
-            generator=gen,
-            pin_memory=dev.type == "cuda",
-        )
-        total, count = 0.0, 0
-        bar = tqdm(
-            loader, desc=f"seg epoch {epoch + 1}/{epochs}", disable=not progress, leave=False
-        )
-        for batch in bar:
-            x = batch["image"].to(dev, non_blocking=True).float()
-            y = batch["mask"].to(dev, non_blocking=True).long()
-            for group in opt.param_groups:
-                group["lr"] = poly_lr(lr, step, total_steps)
-            with autocast(dev):
-                logits = net(x)
-            loss = seg_loss(logits, y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            seen += x.shape[0]
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"train_seg: loss became {value} at step {step} (lower lr?)"
-                )
-            total, count = total + value, count + 1
-            bar.set_postfix(loss=f"{value:.4f}")
-            if stop_after_steps is not None and step >= stop_after_steps:
-                stopped = True
-                break
-        bar.close()
-        if stopped:
-            log(
-                f"train_seg: stopped after {step} steps (stop_after_steps), epoch {epoch + 1} unfinished"
-            )
-            break
-        history.append(total / max(count, 1))
-        log(
-            f"train_seg: epoch {epoch + 1}/{epochs} loss {history[-1]:.4f} lr {poly_lr(lr, step, total_steps):.2e}"
-        )
-        save_checkpoint(
-            partial,
-            {
-                "config": config,
-                "model": net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch + 1,
-                "step": step,
-                "loss_per_epoch": history,
-                "rng": rng_state(),
-            },
-        )
-
-    seconds = time.perf_counter() - t0
-    stats = {
-        "epochs": epochs,
-        "steps": step,
-        "loss_per_epoch": [round(v, 6) for v in history],
-        "final_loss": round(history[-1], 6) if history else None,
-        "seconds": round(seconds, 3),
-        "images_per_s": round(seen / seconds, 2) if seconds > 0 else None,
-        "device": str(dev),
-        "stopped": stopped,
-    }
-    if stopped:
-        return stats
-    save_checkpoint(
+    opt = torch.optim.SGD(
+        net.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
+    )
+    loop = TrainLoop(
+        "train_seg",
         out_path,
+        modules={"net": net},
+        optimizer=opt,
+        device=dev,
+        epochs=p.epochs,
+        schedule=poly_schedule(p.epochs * n_steps),
+        fingerprint=fingerprint,
+        check_finite=True,
+        progress=progress,
+        log=log,
+    )
+    loop.resume()
+    seen = 0
+
+    def step(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        nonlocal seen
+        x = batch["image"].to(dev, non_blocking=True).float()
+        y = batch["mask"].to(dev, non_blocking=True).long()
+        with autocast(dev):
+            logits = net(x)
+        loss = seg_loss(logits, y)
+        seen += x.shape[0]
+        return loss, {"loss": loss}
+
+    history = loop.run(
+        lambda epoch: epoch_loader(
+            items,
+            p.batch_size,
+            epoch,
+            order_seed=p.seed * 100003 + epoch,
+            drop_last=drop_last,
+            device=dev,
+            workers=workers,
+        ),
+        step,
+    )
+    losses = loop.column("loss")
+    stats = {
+        "epochs": p.epochs,
+        "steps": loop.step,
+        "loss_per_epoch": [round(v, 6) for v in losses],
+        "final_loss": round(losses[-1], 6) if losses else None,
+        "seconds": round(loop.run_seconds, 3),
+        "images_per_s": round(seen / loop.run_seconds, 2) if loop.run_seconds > 0 else None,
+        "device": str(dev),
+        "resumed_from_epoch": loop.resumed_from_epoch,
+        "history": history,
+    }
+    loop.finish(
         {
             "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
-            "arch": config["arch"],
+            "arch": arch,
             "stats": stats,
-        },
+        }
     )
-    partial.unlink(missing_ok=True)
     return stats
 
 

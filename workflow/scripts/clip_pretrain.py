@@ -4,21 +4,24 @@ from pathlib import Path
 
 from _common import device, run
 
-from pole_core.clip.mini import train_mini_clip
+from pole_core.clip.mini import MiniClipParams, train_mini_clip
 
 
 def main(log):
-    p = snakemake.params.pretrain
+    pretrain = snakemake.params.pretrain
+    params = MiniClipParams(
+        epochs=pretrain["epochs"],
+        batch_size=pretrain["batch_size"],
+        lr=pretrain["lr"],
+        weight_decay=pretrain["weight_decay"],
+        warmup_steps=pretrain["warmup_steps"],
+        grad_clip=pretrain["grad_clip"],
+        seed=snakemake.params.seed,
+    )
     stats = train_mini_clip(
         Path(snakemake.input.data) / "clip_corpus",
         snakemake.output[0],
-        epochs=p["epochs"],
-        batch_size=p["batch_size"],
-        lr=p["lr"],
-        weight_decay=p["weight_decay"],
-        warmup_steps=p["warmup_steps"],
-        grad_clip=p["grad_clip"],
-        seed=snakemake.params.seed,
+        params,
         device=device(snakemake),
         model_cfg=snakemake.params.mini,
         log=log.info,

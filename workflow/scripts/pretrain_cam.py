@@ -4,29 +4,32 @@ from pathlib import Path
 
 from _common import augmented_items, dataset, device, ids, new_cam_net, run
 
-from pole_core.cam.pretrain import pretrain_cam_classifier
+from pole_core.cam.pretrain import PretrainParams, pretrain_cam_classifier
 
 
 def main(log):
     cam = snakemake.params.cam
-    pre = cam["pretrain"]
+    pretrain = cam["pretrain"]
     ds = dataset(snakemake)
     train_ids = ids(ds, snakemake.params.split, snakemake.params.max_images)
     items = augmented_items(snakemake, ds, train_ids, cam)
     net = new_cam_net(cam, ds.n_classes)
-    net.set_freeze_bn(pre["freeze_bn"])
-    net.freeze_stages(pre["frozen_stages"])
+    net.set_freeze_bn(pretrain["freeze_bn"])
+    net.freeze_stages(pretrain["frozen_stages"])
+    params = PretrainParams(
+        epochs=pretrain["epochs"],
+        batch_size=pretrain["batch_size"],
+        lr=pretrain["lr"],
+        head_lr=pretrain["head_lr"],
+        weight_decay=cam["weight_decay"],
+        momentum=cam["momentum"],
+        seed=snakemake.params.seed,
+    )
     stats = pretrain_cam_classifier(
         net,
         items,
         Path(snakemake.output[0]),
-        epochs=pre["epochs"],
-        batch_size=pre["batch_size"],
-        lr=pre["lr"],
-        head_lr=pre["head_lr"],
-        weight_decay=cam["weight_decay"],
-        momentum=cam["momentum"],
-        seed=snakemake.params.seed,
+        params,
         device=device(snakemake),
         workers=cam["workers"],
         log=log.info,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from _common import augmented_items, bg_words, clip_bundle, dataset, device, ids, new_cam_net, run
 
-from pole_core.cam.train import load_cam_net, train_cam
+from pole_core.cam.train import CamTrainParams, load_cam_net, train_cam
 from pole_core.io.atomic import read_json
 
 
@@ -16,7 +16,7 @@ def main(log):
     train_ids = ids(ds, snakemake.params.split, snakemake.params.max_images)
     template = cam["template"]
 
-    if variant["prompts"] == "selected":
+    if variant["prompts"] in ("selected", "oracle"):  # oracle: the same file, chosen on GT masks
         selected = read_json(snakemake.input.prompts[0])
         missing = [i for i in train_ids if i not in selected]
         if missing:
@@ -51,13 +51,7 @@ def main(log):
     )
     weights = dict(variant["loss_weights"])
     cls_weight = weights.pop("cls", 0.0)
-    stats = train_cam(
-        net,
-        items,
-        prompts_for,
-        clip_bundle(snakemake),
-        Path(snakemake.output[0]),
-        bg_words=bg_words(cam, bank),
+    params = CamTrainParams(
         epochs=cam["epochs"],
         batch_size=cam["batch_size"],
         lr=cam["lr"],
@@ -73,6 +67,15 @@ def main(log):
         clamp=tuple(cam["clamp"]),
         cls_weight=cls_weight,
         seed=snakemake.params.seed,
+    )
+    stats = train_cam(
+        net,
+        items,
+        prompts_for,
+        clip_bundle(snakemake),
+        Path(snakemake.output[0]),
+        params,
+        bg_words=bg_words(cam, bank),
         device=device(snakemake),
         workers=cam["workers"],
         log=log.info,

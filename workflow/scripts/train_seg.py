@@ -6,11 +6,11 @@ from _common import augmented_items, dataset, device, ids, run
 
 from pole_core.io.png import read_mask
 from pole_core.seg.network import build_seg_net
-from pole_core.seg.train import train_seg
+from pole_core.seg.train import SegTrainParams, train_seg
 
 
 def main(log):
-    s = snakemake.params.seg
+    seg = snakemake.params.seg
     ds = dataset(snakemake)
     train_ids = ids(ds, snakemake.params.split, snakemake.params.max_images)
     masks = Path(snakemake.input.masks)
@@ -18,22 +18,25 @@ def main(log):
     if missing:
         raise FileNotFoundError(f"{masks / missing[0]}.png: pseudo-mask missing")
     items = augmented_items(
-        snakemake, ds, train_ids, s, mask_fn=lambda image_id: read_mask(masks / f"{image_id}.png")
+        snakemake, ds, train_ids, seg, mask_fn=lambda image_id: read_mask(masks / f"{image_id}.png")
     )
     net = build_seg_net(
-        s["backbone"], ds.n_classes + 1, weights=s["weights"], widths=tuple(s["widths"])
+        seg["backbone"], ds.n_classes + 1, weights=seg["weights"], widths=tuple(seg["widths"])
+    )
+    params = SegTrainParams(
+        epochs=seg["epochs"],
+        batch_size=seg["batch_size"],
+        lr=seg["lr"],
+        weight_decay=seg["weight_decay"],
+        seed=snakemake.params.seed,
     )
     stats = train_seg(
         net,
         items,
         Path(snakemake.output[0]),
-        epochs=s["epochs"],
-        batch_size=s["batch_size"],
-        lr=s["lr"],
-        weight_decay=s["weight_decay"],
-        seed=snakemake.params.seed,
+        params,
         device=device(snakemake),
-        workers=s["workers"],
+        workers=seg["workers"],
         log=log.info,
     )
     log.info("segmenter trained on %d pseudo-masks: %s", len(train_ids), stats)
