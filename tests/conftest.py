@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from workflow_utils import snakemake
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the top-level benchmarks/ package (not installed with pole_core)
+    sys.path.append(str(REPO))
 
 
 @pytest.fixture(scope="session")

@@ -386,8 +386,8 @@ def _one_pixel_root(tmp: Path) -> Path:
 
 def test_tiny_images_go_through_crf_random_walk_and_segmenter(tmp_path):
     from pole_core.data.transforms import AugmentedDataset
-    from pole_core.refine.affinity import AffinityNet
-    from pole_core.refine.crf import run_crf_shard
+    from pole_core.refine.affinity import BoundaryNet
+    from pole_core.refine.crf import CRFParams, write_ir_labels, write_refined_cams
     from pole_core.refine.random_walk import run_random_walk_shard
     from pole_core.seg.infer import predict
     from pole_core.seg.network import build_seg_net
@@ -396,13 +396,26 @@ def test_tiny_images_go_through_crf_random_walk_and_segmenter(tmp_path):
     ds = VOCDataset(root)
     cams = tmp_path / "cams.h5"
     write_cams(cams, ds, IDS)
-    for mode in ("ir_label", "refine"):
-        stats = run_crf_shard(ds, IDS, cams, tmp_path / mode, mode=mode, iters=2, progress=False)
-        assert stats["done"] == len(IDS)
+    params = CRFParams(iters=2)
+    stats = write_ir_labels(
+        ds,
+        IDS,
+        cams,
+        tmp_path / "ir_label",
+        fg_thresh=0.30,
+        bg_thresh=0.05,
+        params=params,
+        progress=False,
+    )
+    assert stats["done"] == len(IDS)
+    stats = write_refined_cams(
+        ds, IDS, cams, tmp_path / "refine", bg_thresh=0.15, params=params, progress=False
+    )
+    assert stats["done"] == len(IDS)
     torch.manual_seed(0)
     cam_net = build_cam_net("mini", ds.n_classes, **MINI_CAM).eval()
     stats = run_random_walk_shard(
-        ds, IDS, cams, AffinityNet(cam_net.features), tmp_path / "rw", radius=2, progress=False
+        ds, IDS, cams, BoundaryNet(cam_net.features), tmp_path / "rw", radius=2, progress=False
     )
     assert stats["done"] == len(IDS)
     crops = AugmentedDataset(

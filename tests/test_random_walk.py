@@ -9,7 +9,8 @@ from refine_fakes import make_world
 
 from pole_core.io.png import read_mask
 from pole_core.metrics import miou
-from pole_core.refine.affinity import AffinityNet
+from pole_core.refine.affinity import BoundaryNet
+from pole_core.refine.crf import CRFParams
 from pole_core.refine.random_walk import (
     random_walk,
     run_random_walk_shard,
@@ -117,7 +118,7 @@ def test_shard_with_an_affinity_net(tmp_path):
         def features(self, x):
             return [torch.nn.functional.avg_pool2d(x, 4, ceil_mode=True)]
 
-    net = AffinityNet(Ext())
+    net = BoundaryNet(Ext())
     res = run_random_walk_shard(ds, ds.ids(), cams, net, tmp_path / "p", progress=False)
     assert res["done"] == 2
 
@@ -145,7 +146,7 @@ def test_rw_to_label_class_normalisation_keeps_a_weak_class():
         rw_to_label(rw, keys, (4, 8), normalize="max")
 
 
-@pytest.mark.parametrize("crf", [None, {}])
+@pytest.mark.parametrize("crf", [None, CRFParams()])
 def test_shard_on_the_pixel_grid_with_a_final_crf(tmp_path, crf):
     """stride=1: the walk runs on the full-resolution CAM, the boundary at full size."""
     ds, cams = make_world(tmp_path, n=3)

@@ -7,13 +7,16 @@ import time
 import numpy as np
 import pytest
 import torch
+from killing import killed_after_steps
 from torch.utils.data import Dataset
 
 from pole_core.io.png import read_mask, write_mask
 from pole_core.metrics import score
-from pole_core.seg.infer import dense_crf, evaluate_dir, predict, predict_dataset
+from pole_core.refine.crf import CRFParams, dense_crf, prob_unary
+from pole_core.seg.infer import evaluate_dir, predict, predict_dataset
 from pole_core.seg.network import build_seg_net
-from pole_core.seg.train import load_seg_net, partial_path, seg_loss, train_seg
+from pole_core.seg.train import SegTrainParams, load_seg_net, seg_loss, train_seg
+from pole_core.training import partial_path
 
 SMALL = (8, 16, 16, 32)  # mini widths for fast tests
 
@@ -97,10 +100,7 @@ def test_mini_overfits_with_ignore_band(tmp_path):
         net,
         Items(images, masks),
         tmp_path / "seg.pt",
-        epochs=60,
-        batch_size=6,
-        lr=0.05,
-        seed=0,
+        SegTrainParams(epochs=60, batch_size=6, lr=0.05, seed=0),
         device="cpu",
         progress=False,
         log=lambda s: None,
@@ -165,25 +165,25 @@ def test_weights_roundtrip_head_swap_and_wrong_arch(tmp_path):
 
 def test_resume_is_bit_identical(tmp_path):
     images, masks = _world(n=4, size=24, seed=1)
-    kw = dict(
-        epochs=3, batch_size=2, lr=0.02, seed=3, device="cpu", progress=False, log=lambda s: None
-    )
+    params = SegTrainParams(epochs=3, batch_size=2, lr=0.02, seed=3)
+    kw = dict(device="cpu", progress=False, log=lambda s: None)
 
     torch.manual_seed(0)
     full = build_seg_net("mini", 3, widths=SMALL)
-    train_seg(full, Items(images, masks), tmp_path / "a.pt", **kw)
+    train_seg(full, Items(images, masks), tmp_path / "a.pt", params, **kw)
 
     torch.manual_seed(0)
     net = build_seg_net("mini", 3, widths=SMALL)
-    stats = train_seg(net, Items(images, masks), tmp_path / "b.pt", stop_after_steps=3, **kw)
-    assert stats["stopped"] and not (tmp_path / "b.pt").exists()
+    with killed_after_steps(3):  # 2 steps per epoch: dies in epoch 2
+        train_seg(net, Items(images, masks), tmp_path / "b.pt", params, **kw)
+    assert not (tmp_path / "b.pt").exists()
     assert partial_path(tmp_path / "b.pt").is_file()  # epoch 1 finished, epoch 2 was cut
 
     torch.manual_seed(1)  # a restart builds a fresh net; the partial checkpoint must win
     lines: list[str] = []
     net2 = build_seg_net("mini", 3, widths=SMALL)
     items = Items(images, masks)
-    train_seg(net2, items, tmp_path / "b.pt", **{**kw, "log": lines.append})
+    train_seg(net2, items, tmp_path / "b.pt", params, **{**kw, "log": lines.append})
     assert any("resuming" in s for s in lines) and items.epochs == [1, 2]
     a = torch.load(tmp_path / "a.pt", weights_only=False)
     b = torch.load(tmp_path / "b.pt", weights_only=False)
@@ -203,7 +203,8 @@ def test_predict_scales_flip_and_skip_existing(tmp_path):
     ds = FakeVOC(images, masks)
     out = tmp_path / "pred"
     write_mask(out / "im0.png", np.full((20, 20), 2, np.uint8))  # an earlier, complete result
-    predict_dataset(net, ds, ds.ids(), out, crf={"iters": 3, "gt_prob": 0.7}, progress=False)
+    crf = CRFParams(iters=3, gt_prob=0.7)
+    predict_dataset(net, ds, ds.ids(), out, crf=crf, progress=False)
     assert (read_mask(out / "im0.png") == 2).all()
     assert read_mask(out / "im1.png").shape == (20, 20)
 
@@ -228,8 +229,10 @@ def test_dense_crf_cleans_noisy_probs():
     rng = np.random.default_rng(0)
     p1 = np.clip(truth * 0.6 + 0.2 + rng.normal(0, 0.25, truth.shape), 0.01, 0.99)
     probs = np.stack([1 - p1, p1]).astype(np.float32)
-    labels = dense_crf(img, probs, bi_sxy=10, bi_srgb=10, iters=5)
+    q = dense_crf(img, prob_unary(probs), CRFParams(bi_sxy=10, bi_srgb=10, iters=5))
+    assert q.shape == probs.shape and q.dtype == np.float32
+    labels = q.argmax(0).astype(np.uint8)
     assert (labels == truth).mean() > (probs.argmax(0) == truth).mean()
     assert (labels == truth).mean() > 0.98
-    with pytest.raises(ValueError, match="unknown parameter"):
-        dense_crf(img, probs, sxy=3)
+    with pytest.raises(TypeError, match="sxy"):
+        CRFParams(sxy=3)  # an unknown term is an error

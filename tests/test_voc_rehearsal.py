@@ -33,8 +33,22 @@ pytestmark = pytest.mark.voc
 
 # What a user on a small machine would shrink; everything else comes from voc.yaml.
 OVERRIDES = {
-    "device": os.environ.get("POLE_REHEARSAL_DEVICE", "cpu"),  # bench/gpu.sh: cuda
-    "cam": {"epochs": 1, "batch_size": 4, "pretrain": {"epochs": 1, "batch_size": 4}},
+    "device": os.environ.get("POLE_REHEARSAL_DEVICE", "cpu"),  # benchmarks/gpu.sh: cuda
+    "cam": {
+        "epochs": 1,
+        "batch_size": 4,
+        "pretrain": {"epochs": 1, "batch_size": 4},
+        # the schema's two variants, plus the training-free CLIP-ES source on the ViT-B/32
+        "variants": {
+            "baseline": {
+                "prompts": "names",
+                "adapters": False,
+                "loss_weights": {"otm": 10, "btm": 24, "cbs": 1, "reg": 0.2},
+            },
+            "pole": {"prompts": "selected"},
+            "clip_es": {"source": "clip_es", "prompts": "names"},
+        },
+    },
     "cams": {"shards": 2, "batch_size": 2},
     "crf": {"shards": 2},
     "affinity": {"epochs": 1, "batch_size": 4},
@@ -42,6 +56,7 @@ OVERRIDES = {
     "seg": {"epochs": 1, "batch_size": 2},
 }
 N_TRAIN, N_VAL, N_SBD = 6, 3, 6
+VARIANTS = ("baseline", "pole", "clip_es")
 
 
 def _config_args(overrides: dict) -> list[str]:
@@ -56,7 +71,7 @@ def _config_args(overrides: dict) -> list[str]:
 
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory) -> dict:
-    keep = os.environ.get("POLE_REHEARSAL_KEEP")  # bench/gpu.sh reuses the generated data
+    keep = os.environ.get("POLE_REHEARSAL_KEEP")  # benchmarks/gpu.sh reuses the generated data
     work = Path(keep) if keep else tmp_path_factory.mktemp("voc_rehearsal")
     work.mkdir(parents=True, exist_ok=True)
     splits = make_vocdevkit(work / "data", n_train=N_TRAIN, n_val=N_VAL, n_sbd=N_SBD)
@@ -81,7 +96,7 @@ def test_effective_config_is_defaults_plus_voc_yaml_plus_overrides(rehearsal):
 def test_cam_stores_follow_the_contract(rehearsal):
     ds = VOCDataset(rehearsal["work"] / "data" / "VOCdevkit" / "VOC2012")
     ids = sorted(set(rehearsal["splits"]["train_aug"]) | set(rehearsal["splits"]["train"]))
-    for variant in ("baseline", "pole"):
+    for variant in VARIANTS:
         with h5py.File(rehearsal["results"] / "cams" / f"{variant}.h5", "r") as f:
             assert sorted(f.keys()) == ids
             for img_id in ids:
@@ -97,7 +112,7 @@ def test_cam_stores_follow_the_contract(rehearsal):
 def test_pseudo_masks_and_export_follow_the_contract(rehearsal):
     r = rehearsal["results"]
     ds = VOCDataset(rehearsal["work"] / "data" / "VOCdevkit" / "VOC2012")
-    for variant in ("baseline", "pole"):
+    for variant in VARIANTS:
         pngs = sorted((r / "pseudo_masks" / variant).glob("*.png"))
         assert {p.stem for p in pngs} >= set(rehearsal["splits"]["train_aug"])
         for p in pngs:
@@ -111,7 +126,15 @@ def test_pseudo_masks_and_export_follow_the_contract(rehearsal):
 
 def test_scores_selection_and_models_exist(rehearsal):
     r = rehearsal["results"]
-    for stage in ("cam_baseline", "cam_pole", "crf_pole", "pseudo_pole", "pseudo_baseline"):
+    for stage in (
+        "cam_baseline",
+        "cam_pole",
+        "crf_pole",
+        "pseudo_pole",
+        "pseudo_baseline",
+        "cam_clip_es",
+        "pseudo_clip_es",
+    ):
         score = json.loads((r / "eval" / f"{stage}.json").read_text())
         assert 0 <= score["miou"] <= 100 and score["n_images"] == N_TRAIN, stage
     seg = json.loads((r / "eval" / "seg_val.json").read_text())
@@ -142,11 +165,12 @@ def test_sbd_masks_were_converted(rehearsal):
 def test_write_measurements(rehearsal):
     """Per rule: seconds, peak RSS, images, output bytes (docs/SCALING.md reads this file)."""
     work = rehearsal["work"]
+    bench = rehearsal["results"] / "benchmarks"  # the rules' benchmark: files
     rows = {}
-    for tsv in sorted((work / "benchmarks").rglob("*.tsv")):
+    for tsv in sorted(bench.rglob("*.tsv")):
         with tsv.open() as f:
             rec = next(csv.DictReader(f, delimiter="\t"))
-        rule = tsv.relative_to(work / "benchmarks").parts[0].removesuffix(".tsv")
+        rule = tsv.relative_to(bench).parts[0].removesuffix(".tsv")
         row = rows.setdefault(rule, {"jobs": 0, "s": 0.0, "max_rss_mb": 0.0})
         row["jobs"] += 1
         row["s"] += float(rec["s"])
@@ -157,6 +181,11 @@ def test_write_measurements(rehearsal):
     for sub in ("cams", "crf", "rw", "pseudo_masks", "sbd", "cam_net", "affinity", "seg"):
         folder = rehearsal["results"] / sub
         sizes[sub] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    # CLIP-ES at VOC sizes: seconds per image over its shards (every train_aug + train image
+    # once), and the peak RSS of one shard job
+    n_cam_images = len(set(rehearsal["splits"]["train_aug"]) | set(rehearsal["splits"]["train"]))
+    clip_es = rows["clip_es_cams"]
+    clip_es["s_per_image"] = round(clip_es["s"] / n_cam_images, 3)
     out = {
         "wall_s": rehearsal["wall_s"],
         "cpus": os.cpu_count(),
@@ -168,4 +197,5 @@ def test_write_measurements(rehearsal):
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
-    assert rows["train_cam"]["jobs"] == 2
+    assert rows["train_cam"]["jobs"] == 2  # baseline and pole; clip_es has no CAM network
+    assert clip_es["jobs"] == 2 and clip_es["s_per_image"] > 0 and clip_es["max_rss_mb"] > 0

@@ -8,16 +8,14 @@ grid ``ceil(H/4) x ceil(W/4)`` and to ``ceil(H/stride)*stride`` (cropped to H x 
 ``strided_up_size``). Maps are summed over scales; only the classes of the image label
 are kept and each is divided by its max + 1e-5.
 
-Two implementations of the same arithmetic:
+:func:`extract_cams`: images of equal size are batched; every scale of a batch is one
+forward pass over images and flips together; only the labelled (image, class) maps are
+upsampled, as one tensor; a DataLoader decodes images in parallel with compute.
 
-* :func:`extract_cams_reference`: the per-image loop of IRNet/CLIMS (batch 1, one
-  forward per scale, post-processing per image). Slow; the benchmark baseline and the
-  equivalence oracle for tests.
-* :func:`extract_cams`: images of equal size are batched; every scale of a batch is one
-  forward pass over images and flips together; only the labelled (image, class) maps
-  are upsampled, as one tensor; a DataLoader decodes images in parallel with compute.
-
-Both share :func:`rescale_images`, so they see the same pixels.
+IRNet/CLIMS's per-image loop of the same arithmetic (batch 1, one forward per scale,
+post-processing per image) is not part of the library: it lives in ``benchmarks/extract.py``
+as the speed baseline of ``make bench`` and the equivalence oracle of the tests. Both use
+:func:`rescale_images`, so they see the same pixels.
 """
 
 from __future__ import annotations
@@ -113,11 +111,6 @@ def _device_for(net: torch.nn.Module, device: torch.device | str) -> torch.devic
     return dev
 
 
-def _to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 H×W×3 -> float 1×3×H×W in [0,1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255.0)
-
-
 def _check_image(image_id: str, image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -125,96 +118,6 @@ def _check_image(image_id: str, image: np.ndarray) -> np.ndarray:
             f"image {image_id!r}: expected uint8 H×W×3, got {image.dtype} {tuple(image.shape)}"
         )
     return image
-
-
-# --------------------------------------------------------------------------- reference loop
-
-
-def iter_cams_reference(
-    net: torch.nn.Module,
-    dataset: Any,
-    ids: Sequence[str],
-    *,
-    scales: Sequence[float] = DEFAULT_SCALES,
-    flip: bool = True,
-    device: torch.device | str = "cpu",
-) -> Iterator[CamItem]:
-    """IRNet/CLIMS ``make_cam`` loop, one image at a time; yields float32 maps (no storage)."""
-    device = _device_for(net, device)
-    stride = int(net.stride)
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            for image_id in ids:
-                image = _check_image(image_id, dataset.image(image_id))
-                size = image.shape[:2]
-                keys = image_keys(dataset.labels(image_id))
-                img = _to_tensor(image)
-                outputs = []
-                for s in scales:
-                    x = rescale_images(img, s)
-                    if flip:
-                        x = torch.cat([x, x.flip(-1)], 0)
-                    cam = F.relu(net.cam(x.to(device)))
-                    outputs.append(cam[0] + cam[1].flip(-1) if flip else cam[0])
-                s4 = strided_size(size, 4)
-                up = strided_up_size(size, stride)
-                strided_cam = torch.sum(
-                    torch.stack(
-                        [
-                            F.interpolate(o[None], s4, mode="bilinear", align_corners=False)[0]
-                            for o in outputs
-                        ]
-                    ),
-                    0,
-                )
-                highres = [
-                    F.interpolate(o[:, None], up, mode="bilinear", align_corners=False)
-                    for o in outputs
-                ]
-                highres = torch.sum(torch.stack(highres, 0), 0)[:, 0, : size[0], : size[1]]
-                # numpy post-processing, per image
-                strided_np = strided_cam.cpu().numpy()[keys]
-                strided_np /= strided_np.max(axis=(1, 2), keepdims=True, initial=0.0) + EPS
-                highres_np = highres.cpu().numpy()[keys]
-                highres_np /= highres_np.max(axis=(1, 2), keepdims=True, initial=0.0) + EPS
-                yield image_id, keys, highres_np, strided_np
-    finally:
-        net.train(was_training)
-
-
-def extract_cams_reference(
-    net: torch.nn.Module,
-    dataset: Any,
-    ids: Sequence[str],
-    out_h5: str | os.PathLike,
-    *,
-    scales: Sequence[float] = DEFAULT_SCALES,
-    flip: bool = True,
-    device: torch.device | str = "cpu",
-    attrs: dict | None = None,
-    store_stride4: bool = True,
-    progress: bool = False,
-) -> dict:
-    """Write CAMs with the per-image IRNet loop; the baseline for the benchmark and tests."""
-    t0 = time.perf_counter()
-    all_attrs = {**_default_attrs(net, dataset, scales, flip), **(attrs or {})}
-    n = 0
-    with CamWriter(out_h5, all_attrs) as writer:
-        items = iter_cams_reference(net, dataset, ids, scales=scales, flip=flip, device=device)
-        for image_id, keys, cam, cam_s4 in tqdm(
-            items, total=len(ids), disable=not progress, desc="cams(ref)"
-        ):
-            writer.add(image_id, cam, keys, cam_s4 if store_stride4 else None)
-            n += 1
-    seconds = time.perf_counter() - t0
-    return {
-        "n_images": n,
-        "seconds": round(seconds, 4),
-        "images_per_s": round(n / seconds, 3) if seconds else None,
-        "device": str(_device_for(net, device)),
-    }
 
 
 # --------------------------------------------------------------------------- batched extraction

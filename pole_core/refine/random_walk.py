@@ -39,13 +39,13 @@ from ..device import resolve_device
 from ..io.cam_store import open_cams, read_cam
 from ..io.png import read_mask, write_mask
 from .affinity import (
-    AffinityNet,
+    BoundaryNet,
     affinity_from_boundary,
     grid_size,
     path_index,
     predict_boundary,
 )
-from .crf import crf_refine_label
+from .crf import CRFParams, crf_refine_label
 
 NORMALIZE = ("global", "class")  # how rw_to_label scales the walked scores before the threshold
 
@@ -171,7 +171,7 @@ def run_random_walk_shard(
     dataset: Any,
     ids: Sequence[str],
     cams_h5: str | os.PathLike,
-    net: AffinityNet | Callable[[Tensor], Tensor],
+    net: BoundaryNet | Callable[[Tensor], Tensor],
     out_dir: str | os.PathLike,
     *,
     beta: float = 10,
@@ -181,18 +181,18 @@ def run_random_walk_shard(
     normalize: str = "global",
     dense_max_nodes: int = 1024,
     stride: int | None = None,
-    crf: dict[str, Any] | None = None,
+    crf: CRFParams | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict[str, int]:
     """Write pseudo-masks ``out_dir/<id>.png`` (palette PNG) for ``ids``, skipping complete files.
 
-    ``net`` is a trained :class:`AffinityNet` (boundary by
+    ``net`` is a trained :class:`BoundaryNet` (boundary by
     :func:`predict_boundary`, flip-averaged) or any callable image tensor
     1×3×H×W → boundary [h,w]. The walk runs on the grid of ``stride`` (default:
     the net's, else 4): at 4 the CAMs are the network's stride-4 ``cam_s4``
     (IRNet); at other strides the full-resolution CAM is area-averaged onto the grid.
-    ``normalize`` is :func:`rw_to_label`'s. ``crf`` (keyword arguments of
+    ``normalize`` is :func:`rw_to_label`'s. ``crf`` (the terms of
     :func:`~pole_core.refine.crf.crf_refine_label`) adds a final dense CRF over each
     mask; ``None`` (IRNet) writes the walk's argmax.
     Returns ``{"done", "skipped"}``.
@@ -201,8 +201,8 @@ def run_random_walk_shard(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if stride is None:
-        stride = net.stride if isinstance(net, AffinityNet) else 4
-    if isinstance(net, AffinityNet):
+        stride = net.stride if isinstance(net, BoundaryNet) else 4
+    if isinstance(net, BoundaryNet):
         net.to(dev).eval()
 
         def boundary_fn(x: Tensor) -> Tensor:
@@ -251,6 +251,6 @@ def run_random_walk_shard(
                 rw, keys, img.shape[:2], bg_thresh=bg_thresh, stride=stride, normalize=normalize
             )
             if crf is not None:
-                label = crf_refine_label(img, label, keys, **crf)
+                label = crf_refine_label(img, label, keys, params=crf)
             write_mask(out_dir / f"{image_id}.png", label)
     return {"done": len(todo), "skipped": len(ids) - len(todo)}

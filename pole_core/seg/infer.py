@@ -1,4 +1,4 @@
-"""Segmenter inference (multi-scale + flip), optional dense CRF, and val evaluation.
+"""Segmenter inference (multi-scale + flip), optional dense CRF (refine.crf), and val evaluation.
 
 Predictions are palette PNGs (0 background, 1..C classes) written atomically,
 one per image; a rerun skips the ones already there (an atomic write means an
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,17 +23,8 @@ from ..device import autocast, resolve_device
 from ..io.png import read_mask, write_mask
 from ..metrics import score
 
-# Dense-CRF defaults on softmax unaries (the CLIP-ES / DeepLab post-processing values).
-CRF_DEFAULTS: dict[str, float] = {
-    "gauss_sxy": 3.0,
-    "gauss_compat": 3.0,
-    "bi_sxy": 80.0,
-    "bi_srgb": 13.0,
-    "bi_compat": 10.0,
-    "iters": 10,
-}
-# Keys a shared CRF config block may carry that only matter for label unaries.
-_CRF_LABEL_ONLY = {"gt_prob"}
+if TYPE_CHECKING:
+    from ..refine.crf import CRFParams
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -82,38 +73,6 @@ def predict(
     return (acc / n).cpu().numpy().astype(np.float32)
 
 
-def dense_crf(image: np.ndarray, probs: np.ndarray, **params: float) -> np.ndarray:
-    """Dense CRF on softmax unaries (−log p); returns uint8 labels H×W.
-
-    Kept here rather than calling ``refine.crf.crf_inference`` because the
-    segmenter has calibrated probabilities, and using them as unaries is the
-    DeepLab post-processing; the refine stage builds unaries from hard labels.
-    """
-    import pydensecrf.densecrf as dcrf
-
-    unknown = set(params) - set(CRF_DEFAULTS) - _CRF_LABEL_ONLY
-    if unknown:
-        raise ValueError(
-            f"crf: unknown parameter(s) {sorted(unknown)}; known: {sorted(CRF_DEFAULTS)}"
-        )
-    p = {**CRF_DEFAULTS, **{k: v for k, v in params.items() if k in CRF_DEFAULTS}}
-    n_labels, h, w = probs.shape
-    unary = np.ascontiguousarray(
-        -np.log(np.clip(probs, 1e-5, 1.0)).reshape(n_labels, -1), dtype=np.float32
-    )
-    crf = dcrf.DenseCRF2D(w, h, n_labels)
-    crf.setUnaryEnergy(unary)
-    crf.addPairwiseGaussian(sxy=float(p["gauss_sxy"]), compat=float(p["gauss_compat"]))
-    crf.addPairwiseBilateral(
-        sxy=float(p["bi_sxy"]),
-        srgb=float(p["bi_srgb"]),
-        rgbim=np.ascontiguousarray(image, dtype=np.uint8),
-        compat=float(p["bi_compat"]),
-    )
-    q = np.asarray(crf.inference(int(p["iters"])), dtype=np.float32).reshape(n_labels, h, w)
-    return q.argmax(0).astype(np.uint8)
-
-
 def predict_dataset(
     net: nn.Module,
     dataset: Any,
@@ -122,11 +81,16 @@ def predict_dataset(
     *,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
-    crf: dict[str, Any] | None = None,
+    crf: CRFParams | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> None:
-    """Write ``out_dir/<id>.png`` label maps for ``ids``; existing files are kept (resume)."""
+    """Write ``out_dir/<id>.png`` label maps for ``ids``; existing files are kept (resume).
+
+    With ``crf`` the labels are the argmax of :func:`pole_core.refine.crf.dense_crf` over the
+    averaged probabilities as unary (−log p, the DeepLab post-processing), else of the
+    probabilities themselves.
+    """
     dev = _device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +99,11 @@ def predict_dataset(
     for image_id in tqdm(todo, desc="seg predict", disable=not progress):
         image = dataset.image(image_id)
         probs = predict(net, image, scales=scales, flip=flip, device=dev)
-        labels = dense_crf(image, probs, **crf) if crf else probs.argmax(0).astype(np.uint8)
+        if crf is not None:
+            from ..refine.crf import dense_crf, prob_unary  # pydensecrf only when asked for
+
+            probs = dense_crf(image, prob_unary(probs), crf)
+        labels = probs.argmax(0).astype(np.uint8)
         write_mask(out_dir / f"{image_id}.png", labels)
 
 

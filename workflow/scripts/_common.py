@@ -193,6 +193,21 @@ def candidates(prompt_cfg: dict, bank) -> dict[str, list[str]]:
     return out
 
 
+def crf_params(group: dict):
+    """The CRF terms of a config group (``crf`` or ``random_walk.crf``), key for key."""
+    from pole_core.refine.crf import CRFParams
+
+    return CRFParams(
+        gt_prob=group["gt_prob"],
+        gauss_sxy=group["gauss_sxy"],
+        gauss_compat=group["gauss_compat"],
+        bi_sxy=group["bi_sxy"],
+        bi_srgb=group["bi_srgb"],
+        bi_compat=group["bi_compat"],
+        iters=group["iters"],
+    )
+
+
 def find_in_shards(shard_dirs: list[str], sub: str) -> Callable[[str], Path]:
     """Map an image id to its PNG in one of the shard folders (``<shard>/<sub>/<id>.png``)."""
     index: dict[str, Path] = {}

@@ -1,29 +1,27 @@
 """Rule eval_seg: segmenter predictions on the val split (palette PNGs) and their mIoU."""
 
-from _common import dataset, device, ids, run
+from _common import crf_params, dataset, device, ids, run
 
 from pole_core.io.atomic import atomic_dir, write_json
 from pole_core.seg.infer import evaluate_dir, predict_dataset
 from pole_core.seg.train import load_seg_net
 
-CRF_KEYS = ("gt_prob", "gauss_sxy", "gauss_compat", "bi_sxy", "bi_srgb", "bi_compat", "iters")
-
 
 def main(log):
-    s = snakemake.params.seg
+    seg = snakemake.params.seg
     ds = dataset(snakemake)
     val_ids = ids(ds, snakemake.params.split, snakemake.params.max_images)
     dev = device(snakemake)
     net = load_seg_net(snakemake.input.model, dev)
-    crf = {k: snakemake.params.crf[k] for k in CRF_KEYS} if s["eval_crf"] else None
+    crf = crf_params(snakemake.params.crf) if seg["eval_crf"] else None
     with atomic_dir(snakemake.output.pred) as tmp:
         predict_dataset(
             net,
             ds,
             val_ids,
             tmp,
-            scales=tuple(s["eval_scales"]),
-            flip=s["eval_flip"],
+            scales=tuple(seg["eval_scales"]),
+            flip=seg["eval_flip"],
             crf=crf,
             device=dev,
         )

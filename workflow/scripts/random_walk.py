@@ -1,15 +1,10 @@
 """Rule random_walk: one shard of pseudo-masks, CAMs propagated over the predicted boundaries."""
 
-from _common import boundary_features, dataset, device, run, shard_index, union_ids
+from _common import boundary_features, crf_params, dataset, device, run, shard_index, union_ids
 
 from pole_core.cam.extract import shard_ids
 from pole_core.refine.affinity import load_affinity_net
 from pole_core.refine.random_walk import run_random_walk_shard
-
-
-def crf_params(cfg: dict) -> dict | None:
-    """The final CRF's keyword arguments, or None when ``random_walk.crf.enabled`` is false."""
-    return {k: v for k, v in cfg.items() if k != "enabled"} if cfg["enabled"] else None
 
 
 def main(log):
@@ -35,7 +30,7 @@ def main(log):
         radius=rw["radius"],
         bg_thresh=rw["bg_thresh"],
         normalize=rw["normalize"],
-        crf=crf_params(rw["crf"]),
+        crf=crf_params(rw["crf"]) if rw["crf"]["enabled"] else None,
         device=dev,
     )
     log.info("shard %s: %d pseudo-masks, %s", snakemake.wildcards.scatteritem, len(my_ids), stats)

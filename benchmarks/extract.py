@@ -1,27 +1,20 @@
-"""``make bench``: timed comparisons of our batched stages against the reference loops.
+"""CAM extraction: IRNet's per-image loop against the batched ``pole_core.cam.extract``.
 
-Each sub-benchmark is a function ``fn(out_json, *, n_images, device, ...) -> dict`` that
-writes its own JSON (atomically) and returns the same dict; :func:`run_benchmarks` runs
-them and writes ``<out>/bench.json`` with all results keyed by name.
-
-* ``cam_extract`` (here): :func:`pole_core.cam.extract.extract_cams_reference` (IRNet's
-  per-image loop) vs :func:`pole_core.cam.extract.extract_cams`, same net, same images,
-  one process; speed-up and the largest CAM difference.
-* ``crf``: when ``pole_core.refine.crf`` defines ``bench_crf(items, *, processes, repeats)``
-  (owned by the refine stage), :func:`bench_crf_stage` feeds it the demo net's CAMs.
-
-    python -m pole_core.bench --out results/bench [--n-images 64] [--device auto]
+:func:`iter_cams_reference` / :func:`extract_cams_reference` are the per-image loop of
+IRNet/CLIMS ``make_cam`` (batch 1, one forward per scale, post-processing per image): the
+speed baseline of :func:`bench_cam_extract` and the equivalence oracle of
+``tests/test_extract.py``. They do the arithmetic that :mod:`pole_core.cam.extract`'s
+module docstring describes, with its :func:`~pole_core.cam.extract.rescale_images`, so
+both see the same pixels. :func:`extraction_flops_per_image` and :func:`conv_peak_gflops`
+give the roofline the benchmark reports.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,109 +22,120 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
-from .cam.extract import (
+from pole_core.cam.extract import (
     DEFAULT_SCALES,
+    EPS,
+    CamItem,
+    _check_image,
+    _default_attrs,
+    _device_for,
     extract_cams,
-    extract_cams_reference,
+    image_keys,
     iter_cams,
-    iter_cams_reference,
     rescale_images,
+    strided_size,
+    strided_up_size,
 )
-from .device import resolve_device
-from .io.atomic import write_json
-from .io.cam_store import open_cams
+from pole_core.device import resolve_device
+from pole_core.io.atomic import write_json
+from pole_core.io.cam_store import CamWriter, open_cams
+
+from .synthetic import SyntheticDataset, build_demo_net
+
+# --------------------------------------------------------------------------- reference loop
 
 
-class SyntheticDataset:
-    """In-memory images and labels with the dataset interface; reproducible from ``seed``.
-
-    Smooth random blobs on noise (not pure noise, so CAMs are not all flat), 1–3 labels
-    per image. Masks are random too; this is for timing, not for scores.
-    """
-
-    def __init__(self, n_images: int, image_size: int = 64, n_classes: int = 10, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.class_names = [f"class{i}" for i in range(n_classes)]
-        self._ids = [f"img{i:05d}" for i in range(n_images)]
-        h = w = image_size
-        yy, xx = np.mgrid[0:h, 0:w]
-        self._images: dict[str, np.ndarray] = {}
-        self._labels: dict[str, np.ndarray] = {}
-        self._masks: dict[str, np.ndarray] = {}
-        for image_id in self._ids:
-            img = rng.normal(110, 30, (h, w, 3))
-            mask = np.zeros((h, w), np.uint8)
-            labels = np.zeros(n_classes, np.float32)
-            for k in rng.choice(n_classes, size=rng.integers(1, 4), replace=False):
-                cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(h / 8, h / 3)
-                blob = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
-                img[blob] = rng.uniform(0, 255, 3)
-                mask[blob] = k + 1
-                labels[k] = 1.0
-            self._images[image_id] = np.clip(img, 0, 255).astype(np.uint8)
-            self._labels[image_id] = labels
-            self._masks[image_id] = mask
-
-    def ids(self, split: str = "train") -> list[str]:
-        return list(self._ids)
-
-    def image(self, image_id: str) -> np.ndarray:
-        return self._images[image_id]
-
-    def labels(self, image_id: str) -> np.ndarray:
-        return self._labels[image_id]
-
-    def mask(self, image_id: str) -> np.ndarray:
-        return self._masks[image_id]
-
-    def image_size(self, image_id: str) -> tuple[int, int]:
-        return self._images[image_id].shape[:2]
-
-
-class TinyCamNet(nn.Module):
-    """Fallback stride-4 CAM net, used only when ``pole_core.cam.network`` cannot be imported."""
-
-    stride = 4
-
-    def __init__(self, n_classes: int, width: int = 32):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, width, 3, 2, 1),
-            nn.BatchNorm2d(width),
-            nn.ReLU(),
-            nn.Conv2d(width, width * 2, 3, 2, 1),
-            nn.BatchNorm2d(width * 2),
-            nn.ReLU(),
-            nn.Conv2d(width * 2, width * 2, 3, 1, 1),
-            nn.ReLU(),
-        )
-        self.head = nn.Conv2d(width * 2, n_classes, 1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-    def cam(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self(x))
-
-
-# The default config's cam.strides for the mini backbone (output stride 4).
-DEMO_STRIDES = (2, 2, 1, 1)
-
-
-def build_demo_net(n_classes: int, seed: int = 0, backbone: str = "mini") -> tuple[nn.Module, str]:
-    """A CAM net at a fixed random init (the demo's "mini", or the paper's ResNet-50), and a
-    note on where it came from."""
-    torch.manual_seed(seed)
+def iter_cams_reference(
+    net: torch.nn.Module,
+    dataset: Any,
+    ids: Sequence[str],
+    *,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    flip: bool = True,
+    device: torch.device | str = "cpu",
+) -> Iterator[CamItem]:
+    """IRNet/CLIMS ``make_cam`` loop, one image at a time; yields float32 maps (no storage)."""
+    device = _device_for(net, device)
+    stride = int(net.stride)
+    was_training = net.training
+    net.eval()
     try:
-        from .cam.network import build_cam_net
-    except ImportError as err:
-        return TinyCamNet(n_classes).eval(), f"fallback TinyCamNet (pole_core.cam.network: {err})"
-    if backbone == "resnet50":
-        net = build_cam_net(backbone="resnet50", n_classes=n_classes)
-        return net.eval(), "pole_core.cam.network resnet50, strides [2, 2, 2, 1], random init"
-    net = build_cam_net(backbone="mini", n_classes=n_classes, strides=DEMO_STRIDES)
-    return net.eval(), f"pole_core.cam.network mini, strides {list(DEMO_STRIDES)}"
+        with torch.no_grad():
+            for image_id in ids:
+                image = _check_image(image_id, dataset.image(image_id))
+                size = image.shape[:2]
+                keys = image_keys(dataset.labels(image_id))
+                img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+                img = img.float().div_(255.0)
+                outputs = []
+                for s in scales:
+                    x = rescale_images(img, s)
+                    if flip:
+                        x = torch.cat([x, x.flip(-1)], 0)
+                    cam = F.relu(net.cam(x.to(device)))
+                    outputs.append(cam[0] + cam[1].flip(-1) if flip else cam[0])
+                s4 = strided_size(size, 4)
+                up = strided_up_size(size, stride)
+                strided_cam = torch.sum(
+                    torch.stack(
+                        [
+                            F.interpolate(o[None], s4, mode="bilinear", align_corners=False)[0]
+                            for o in outputs
+                        ]
+                    ),
+                    0,
+                )
+                highres = [
+                    F.interpolate(o[:, None], up, mode="bilinear", align_corners=False)
+                    for o in outputs
+                ]
+                highres = torch.sum(torch.stack(highres, 0), 0)[:, 0, : size[0], : size[1]]
+                # numpy post-processing, per image
+                strided_np = strided_cam.cpu().numpy()[keys]
+                strided_np /= strided_np.max(axis=(1, 2), keepdims=True, initial=0.0) + EPS
+                highres_np = highres.cpu().numpy()[keys]
+                highres_np /= highres_np.max(axis=(1, 2), keepdims=True, initial=0.0) + EPS
+                yield image_id, keys, highres_np, strided_np
+    finally:
+        net.train(was_training)
+
+
+def extract_cams_reference(
+    net: torch.nn.Module,
+    dataset: Any,
+    ids: Sequence[str],
+    out_h5: str | os.PathLike,
+    *,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    flip: bool = True,
+    device: torch.device | str = "cpu",
+    attrs: dict | None = None,
+    store_stride4: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Write CAMs with the per-image IRNet loop; the baseline for the benchmark and tests."""
+    t0 = time.perf_counter()
+    all_attrs = {**_default_attrs(net, dataset, scales, flip), **(attrs or {})}
+    n = 0
+    with CamWriter(out_h5, all_attrs) as writer:
+        items = iter_cams_reference(net, dataset, ids, scales=scales, flip=flip, device=device)
+        for image_id, keys, cam, cam_s4 in tqdm(
+            items, total=len(ids), disable=not progress, desc="cams(ref)"
+        ):
+            writer.add(image_id, cam, keys, cam_s4 if store_stride4 else None)
+            n += 1
+    seconds = time.perf_counter() - t0
+    return {
+        "n_images": n,
+        "seconds": round(seconds, 4),
+        "images_per_s": round(n / seconds, 3) if seconds else None,
+        "device": str(_device_for(net, device)),
+    }
+
+
+# --------------------------------------------------------------------------- benchmark
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
@@ -145,7 +149,7 @@ def _load_dataset(data_root: str | None, split: str, n_images: int, image_size: 
     if data_root is None:
         ds = SyntheticDataset(n_images, image_size=image_size, seed=seed)
         return ds, ds.ids(), f"synthetic {image_size}x{image_size}"
-    from .data.voc import VOCDataset
+    from pole_core.data.voc import VOCDataset
 
     ds = VOCDataset(data_root)
     return ds, ds.ids(split)[:n_images], f"{data_root} ({split})"
@@ -359,135 +363,3 @@ def bench_cam_extract(
     }
     write_json(out_json, result)
     return result
-
-
-def bench_crf_stage(
-    out_json: str | os.PathLike,
-    *,
-    n_images: int = 64,
-    device: str = "auto",
-    image_size: int = 64,
-    processes: int = 2,
-    repeats: int = 1,
-    seed: int = 0,
-) -> dict:
-    """CRF timing (serial vs process pool) via ``pole_core.refine.crf.bench_crf``, when it exists.
-
-    Its inputs are the demo net's CAMs (random init, stored precision) of the same synthetic
-    images as ``cam_extract``; the CRF's cost does not depend on what the CAMs show.
-    """
-    from .refine.crf import bench_crf
-
-    dataset = SyntheticDataset(n_images, image_size=image_size, seed=seed)
-    net, net_note = build_demo_net(len(dataset.class_names), seed)
-    dev = resolve_device(device)
-    net = net.to(dev)
-    items = [
-        (dataset.image(image_id), cam.astype(np.float16).astype(np.float32), keys)
-        for image_id, keys, cam, _ in iter_cams(net, dataset, dataset.ids(), device=dev)
-    ]
-    result = {
-        "benchmark": "crf",
-        "data": f"synthetic {image_size}x{image_size}",
-        "cams_from": net_note,
-        **bench_crf(items, processes=processes, repeats=repeats),
-    }
-    write_json(out_json, result)
-    return result
-
-
-BenchFn = Callable[..., dict]
-
-
-def available_benchmarks() -> dict[str, BenchFn]:
-    """Sub-benchmarks by name: CAM extraction, plus the CRF one when ``pole_core.refine.crf``
-    provides ``bench_crf`` (its own stage owns that function; we only feed it)."""
-    benches: dict[str, BenchFn] = {"cam_extract": bench_cam_extract}
-    try:
-        crf = importlib.import_module("pole_core.refine.crf")
-    except ImportError:  # e.g. pydensecrf missing: the CAM benchmark still runs
-        crf = None
-    if crf is not None and hasattr(crf, "bench_crf"):
-        benches["crf"] = bench_crf_stage
-    return benches
-
-
-def run_benchmarks(
-    out_dir: str | os.PathLike,
-    *,
-    n_images: int = 64,
-    device: str = "auto",
-    only: Sequence[str] | None = None,
-    extra: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, dict]:
-    """Run the sub-benchmarks into ``out_dir/<name>.json`` and ``out_dir/bench.json``."""
-    out_dir = Path(out_dir)
-    benches = available_benchmarks()
-    names = list(only) if only else list(benches)
-    unknown = [n for n in names if n not in benches]
-    if unknown:
-        raise ValueError(f"unknown benchmark(s) {unknown}; available: {sorted(benches)}")
-    results: dict[str, dict] = {}
-    for name in names:
-        kwargs = (extra or {}).get(name, {})
-        results[name] = benches[name](
-            out_dir / f"{name}.json", n_images=n_images, device=device, **kwargs
-        )
-    write_json(out_dir / "bench.json", results)
-    return results
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pole_core.bench", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--out", required=True, help="output folder (bench.json + one JSON per benchmark)"
-    )
-    parser.add_argument("--n-images", type=int, default=64)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    parser.add_argument("--only", nargs="*", help="names of sub-benchmarks to run (default: all)")
-    parser.add_argument("--batch-size", type=int, default=32, help="cam_extract: images per batch")
-    parser.add_argument(
-        "--image-size", type=int, default=64, help="cam_extract: synthetic image side"
-    )
-    parser.add_argument("--workers", type=int, default=0, help="cam_extract: DataLoader workers")
-    parser.add_argument("--repeats", type=int, default=3, help="cam_extract: timed runs, best kept")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's)"
-    )
-    parser.add_argument(
-        "--data", default=None, help="cam_extract: a VOC-layout root instead of synthetic images"
-    )
-    parser.add_argument("--split", default="train")
-    parser.add_argument(
-        "--backbone", default="mini", choices=["mini", "resnet50"], help="cam_extract: CAM net"
-    )
-    args = parser.parse_args(argv)
-    extra = {
-        "cam_extract": {
-            "batch_size": args.batch_size,
-            "image_size": args.image_size,
-            "workers": args.workers,
-            "repeats": args.repeats,
-            "threads": args.threads,
-            "data_root": args.data,
-            "split": args.split,
-            "backbone": args.backbone,
-        }
-    }
-    results = run_benchmarks(
-        args.out, n_images=args.n_images, device=args.device, only=args.only, extra=extra
-    )
-    for name, res in results.items():
-        shown = {
-            k: res[k]
-            for k in ("n_images", "t_reference_s", "t_ours_s", "speedup", "max_abs_diff")
-            if k in res
-        }
-        print(f"{name}: {shown}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -5,7 +5,7 @@
 #   2. CAM extraction, batched (ours) against IRNet's per-image loop, ResNet-50 on the
 #      rehearsal's 500x375 images: speed-up (goal >= 20x) and max |dCAM| against fp32.
 # Writes one JSON: $OUT/gpu.json (OUT defaults to results/gpu).
-#   bash bench/gpu.sh
+#   bash benchmarks/gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu}
@@ -17,7 +17,7 @@ POLE_REHEARSAL_DEVICE=cuda POLE_REHEARSAL_JSON="$OUT/rehearsal_gpu.json" \
   POLE_REHEARSAL_KEEP="$OUT/rehearsal_work" \
   "$PY" -m pytest -q -s -m voc tests/test_voc_rehearsal.py -p no:cacheprovider
 
-"$PY" -m pole_core.bench --out "$OUT/bench" --only cam_extract --device cuda \
+"$PY" -m benchmarks --out "$OUT/bench" --only cam_extract --device cuda \
   --backbone resnet50 --data "$OUT/rehearsal_work/data/VOCdevkit/VOC2012" --split train_aug \
   --n-images 64 --batch-size 8 --repeats 2
 
