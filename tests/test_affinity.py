@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from killing import killed_after_steps
 from refine_fakes import make_world
 from torch import nn
 
 from pole_core.io.png import write_mask
 from pole_core.refine.affinity import (
-    AffinityNet,
+    BoundaryNet,
+    AffinityTrainParams,
     FeatureExtractor,
     affinity_from_boundary,
     affinity_labels,
@@ -126,13 +128,13 @@ def _items(n=12, size=32, seed=0):
 
 def _net():
     torch.manual_seed(0)
-    return AffinityNet(TinyExtractor())  # wrapped: its .features is used
+    return BoundaryNet(TinyExtractor())  # wrapped: its .features is used
 
 
-def _train(net, items, out, **kw):
+def _train(net, items, out, *, log=lambda s: None, **hp):
     """train_affinity, quiet, with the small settings most tests share (overridable)."""
-    kw = {"radius": 3, "epochs": 1, "batch_size": 4, "progress": False, "log": lambda s: None, **kw}
-    return train_affinity(net, items, out, **kw)
+    params = AffinityTrainParams(**{"radius": 3, "epochs": 1, "batch_size": 4, **hp})
+    return train_affinity(net, items, out, params, progress=False, log=log)
 
 
 def test_affinity_net_shapes_and_frozen_extractor():
@@ -148,9 +150,9 @@ def test_affinity_net_shapes_and_frozen_extractor():
     assert not net.extractor.training
     # a bound method is wrapped (its module registered); a plain function is used as is
     ext = TinyExtractor()
-    bound = AffinityNet(ext.features)
+    bound = BoundaryNet(ext.features)
     assert bound.in_channels == [8, 8] and bound.extractor.backbone is ext
-    plain = AffinityNet(lambda x: [x[:, :2, ::4, ::4]])
+    plain = BoundaryNet(lambda x: [x[:, :2, ::4, ::4]])
     assert plain.in_channels == [2] and plain(x).shape == (2, 1, 8, 10)
     assert downsample_labels(torch.zeros(1, 30, 37, dtype=torch.long)).shape == (1, 8, 10)
 
@@ -159,7 +161,7 @@ def test_training_lowers_the_loss_and_predicts(tmp_path):
     net = _net()
     out = tmp_path / "aff.pt"
     res = _train(net, _items(), out, radius=4, epochs=4, lr=0.1, seed=0)
-    assert res["finished"] and res["steps"] == 12
+    assert res["steps"] == 12
     assert res["losses"][-1] < res["losses"][0]
     assert out.is_file() and not (tmp_path / "aff.pt.partial.pt").exists()
     b = predict_boundary(net, _items(1)[0]["image"])
@@ -171,26 +173,26 @@ def test_training_lowers_the_loss_and_predicts(tmp_path):
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    kw = dict(radius=4, epochs=3, batch_size=4, lr=0.1, seed=7, progress=False, log=lambda s: None)
+    kw = dict(radius=4, epochs=3, batch_size=4, lr=0.1, seed=7)
     full = _net()
-    train_affinity(full, _items(), tmp_path / "a.pt", **kw)
+    _train(full, _items(), tmp_path / "a.pt", **kw)
 
     out = tmp_path / "b.pt"
-    res = train_affinity(_net(), _items(), out, stop_after_steps=4, **kw)  # dies in epoch 2
-    assert not res["finished"] and not out.exists()
+    with killed_after_steps(4):  # 3 steps per epoch: dies in epoch 2
+        _train(_net(), _items(), out, **kw)
+    assert not out.exists()
     assert (tmp_path / "b.pt.partial.pt").is_file()
     resumed = _net()
     with torch.no_grad():  # scramble: the resumed run must take the head from the checkpoint
         for p in resumed.head.parameters():
             p.add_(1.0)
-    res = train_affinity(resumed, _items(), out, **kw)
-    assert res["finished"] and res["steps"] == 9
+    res = _train(resumed, _items(), out, **kw)
+    assert res["steps"] == 9 and res["resumed_from_epoch"] == 1
     # a partial checkpoint written with other settings is not resumed
     logs = []
-    train_affinity(_net(), _items(), tmp_path / "c.pt", stop_after_steps=4, **kw)
-    res = train_affinity(
-        _net(), _items(), tmp_path / "c.pt", **{**kw, "lr": 0.05, "log": logs.append}
-    )
+    with killed_after_steps(4):
+        _train(_net(), _items(), tmp_path / "c.pt", **kw)
+    res = _train(_net(), _items(), tmp_path / "c.pt", **{**kw, "lr": 0.05}, log=logs.append)
     assert res["steps"] == 9 and any("afresh" in m for m in logs)
     a = torch.load(tmp_path / "a.pt", weights_only=False)["head"]
     b = torch.load(out, weights_only=False)["head"]
@@ -207,7 +209,7 @@ def test_uint8_items_are_accepted(tmp_path):
         for it in _items(4)
     ]
     res = _train(_net(), items, tmp_path / "u.pt", batch_size=8)
-    assert res["finished"] and res["steps"] == 1
+    assert res["steps"] == 1
     with pytest.raises(ValueError, match="radius"):
         path_index(1)
 
@@ -236,7 +238,7 @@ def test_trains_on_augmented_crops_of_crf_labels(tmp_path):
     # the crop is larger than the image: padding is label 255
     assert (a["mask"] == 255).any() and set(a["mask"].unique().tolist()) <= {0, 2, 255}
     res = _train(_net(), crops, tmp_path / "c.pt", batch_size=2)
-    assert res["finished"] and res["steps"] == 1
+    assert res["steps"] == 1
 
 
 def test_with_the_mini_cam_net(tmp_path):
@@ -245,11 +247,11 @@ def test_with_the_mini_cam_net(tmp_path):
 
     torch.manual_seed(0)
     cam_net = build_cam_net("mini", 3, strides=(2, 2, 1, 1), widths=(8, 8, 16, 16))
-    net = AffinityNet(cam_net.features)
+    net = BoundaryNet(cam_net.features)
     assert net.in_channels == [16]
     out = tmp_path / "m.pt"
     res = _train(net, _items(4), out)
-    assert res["finished"]
+    assert res["steps"] == 1
     assert all(not p.requires_grad for p in cam_net.parameters())
     again = load_affinity_net(cam_net.features, out)
     img = _items(1)[0]["image"]
@@ -282,24 +284,24 @@ def test_grid_stride_context_and_image_level_round_trip(tmp_path):
     x = torch.rand(2, 3, 30, 37)
     for stride, size in ((1, (30, 37)), (2, (15, 19)), (4, (8, 10))):
         assert grid_size(30, 37, stride) == size
-        net = AffinityNet(TinyExtractor(), stride=stride)
+        net = BoundaryNet(TinyExtractor(), stride=stride)
         assert net(x).shape == (2, 1, *size)
         assert downsample_labels(torch.zeros(1, 30, 37, dtype=torch.long), stride).shape == (
             1,
             *size,
         )
-    plain = AffinityNet(TinyExtractor())
-    rich = AffinityNet(TinyExtractor(), stride=2, context=2, image_level=True)
+    plain = BoundaryNet(TinyExtractor())
+    rich = BoundaryNet(TinyExtractor(), stride=2, context=2, image_level=True)
     assert rich.in_channels == plain.in_channels == [8, 8]  # the image is not a backbone level
     assert len(rich.head.levels) == 3 and rich.head.n_context == 2
     n_plain = sum(p.numel() for p in plain.head.parameters())
     assert sum(p.numel() for p in rich.head.parameters()) > n_plain
     out = tmp_path / "rich.pt"
     res = _train(rich, _items(), out, epochs=2, lr=0.1, seed=0)
-    assert res["finished"] and res["losses"][-1] < res["losses"][0]
+    assert res["losses"][-1] < res["losses"][0]
     again = load_affinity_net(TinyExtractor(), out)
     assert (again.stride, again.head.n_context, again.image_level) == (2, 2, True)
     img = _items(1)[0]["image"]
     torch.testing.assert_close(predict_boundary(again, img), predict_boundary(rich, img))
     with pytest.raises(ValueError, match="stride"):
-        AffinityNet(TinyExtractor(), stride=0)
+        BoundaryNet(TinyExtractor(), stride=0)

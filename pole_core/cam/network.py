@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ from ..io.checkpoint import mismatch_summary
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-BACKBONES = ("resnet50", "mini")
 
 
 class ResNet50Backbone(nn.Module):
@@ -286,6 +285,14 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, name: st
     backbone.load_state_dict(state, strict=True)
 
 
+# Backbone registry: name -> builder(widths=, strides=) of a module with the CamNet backbone
+# interface. A new backbone is one class plus one entry here.
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "resnet50": lambda widths, strides: ResNet50Backbone(strides),
+    "mini": lambda widths, strides: MiniBackbone(widths, strides),
+}
+
+
 def build_cam_net(
     backbone: str = "resnet50",
     n_classes: int = 20,
@@ -312,16 +319,14 @@ def build_cam_net(
     checkpoint can rebuild it (:func:`pole_core.cam.train.load_cam_net`).
     """
     if backbone not in BACKBONES:
-        raise ValueError(f"backbone: unknown {backbone!r}; expected one of {BACKBONES}")
+        raise ValueError(f"backbone: unknown {backbone!r}; expected one of {tuple(BACKBONES)}")
     strides = tuple(int(s) for s in strides)
     widths = tuple(int(w) for w in widths)
     if any(s < 1 for s in strides):
         raise ValueError(f"strides must be >= 1, got {strides}")
     if freeze_bn is None:
         freeze_bn = backbone == "resnet50"
-    body: nn.Module = (
-        ResNet50Backbone(strides) if backbone == "resnet50" else MiniBackbone(widths, strides)
-    )
+    body = BACKBONES[backbone](widths=widths, strides=strides)
     if weights is not None:
         load_backbone_weights(body, weights, backbone)
     arch = {

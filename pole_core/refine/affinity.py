@@ -8,7 +8,7 @@ this pipeline, use only the boundary map, so only that branch is built here.
 Affinity between two pixels i, j on the stride-4 grid within ``radius`` is
 ``1 − max boundary on the straight path i→j``: two pixels are alike unless a
 boundary separates them. The net is trained from the confident CRF labels
-(:func:`pole_core.refine.crf.cam_to_label`) downsampled to stride 4: pairs of
+(:func:`pole_core.refine.crf.cam_to_ir_label`) downsampled to stride 4: pairs of
 the same label are positives (background pairs and foreground pairs weighted
 half each), pairs of different labels negatives, pairs touching 255 ignored.
 
@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -32,15 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..device import autocast, grad_scaler, resolve_device
-from ..io.atomic import atomic_path
-from ..io.checkpoint import (
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-)
+from ..device import autocast, resolve_device
+from ..io.checkpoint import load_checkpoint, seed_everything
+from ..training import TrainLoop, poly_schedule, steps_per_epoch
 
 __all__ = [
     "PathIndex",
@@ -50,7 +43,8 @@ __all__ = [
     "affinity_loss",
     "FeatureExtractor",
     "BoundaryHead",
-    "AffinityNet",
+    "BoundaryNet",
+    "AffinityTrainParams",
     "train_affinity",
     "predict_boundary",
     "load_affinity_net",
@@ -228,7 +222,7 @@ class FeatureExtractor(nn.Module):
 
     ``fn(module, x)`` picks the features; the default calls ``module.features(x)``
     (the CAM net's contract) and wraps a single tensor in a list. Registered as a
-    module so ``.to(device)`` moves it; :class:`AffinityNet` freezes it.
+    module so ``.to(device)`` moves it; :class:`BoundaryNet` freezes it.
     """
 
     def __init__(self, backbone: nn.Module, fn: Callable[[nn.Module, Tensor], Any] | None = None):
@@ -287,7 +281,7 @@ class BoundaryHead(nn.Module):
         return self.out(self.context(torch.cat(ups, dim=1)))
 
 
-class AffinityNet(nn.Module):
+class BoundaryNet(nn.Module):
     """Frozen feature extractor + trainable boundary head → boundary map B×1×h×w in [0,1].
 
     ``extractor(x)`` takes images B×3×H×W in [0,1] and returns a list of feature
@@ -316,7 +310,7 @@ class AffinityNet(nn.Module):
     ):
         super().__init__()
         if int(stride) < 1:
-            raise ValueError(f"AffinityNet: stride must be ≥ 1, got {stride}")
+            raise ValueError(f"BoundaryNet: stride must be ≥ 1, got {stride}")
         self.stride = int(stride)
         self.image_level = bool(image_level)
         owner = getattr(extractor, "__self__", None)
@@ -370,7 +364,7 @@ class AffinityNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.logits(x))
 
-    def train(self, mode: bool = True) -> AffinityNet:
+    def train(self, mode: bool = True) -> BoundaryNet:
         super().train(mode)
         if hasattr(self, "extractor"):
             self.extractor.eval()
@@ -394,12 +388,12 @@ def load_affinity_net(
     extractor: nn.Module | Callable[[Tensor], Sequence[Tensor]],
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
-) -> AffinityNet:
-    """Rebuild an :class:`AffinityNet` around ``extractor`` from a file written by :func:`train_affinity`."""
+) -> BoundaryNet:
+    """Rebuild an :class:`BoundaryNet` around ``extractor`` from a file written by :func:`train_affinity`."""
     state = load_checkpoint(path, map_location=map_location)
     spec = {"stride": 4, "context": 0, "image_level": False}  # files older than these options
     spec.update({k: state[k] for k in ("in_channels", "width", *spec) if k in state})
-    net = AffinityNet(extractor, **spec)
+    net = BoundaryNet(extractor, **spec)
     net.head.load_state_dict(state["head"])
     return net
 
@@ -440,145 +434,107 @@ def downsample_labels(mask: Tensor, stride: int = 4) -> Tensor:
 # --------------------------------------------------------------------------- training
 
 
+@dataclass(frozen=True)
+class AffinityTrainParams:
+    """Hyper-parameters of the boundary network (IRNet's train_irn: 3 epochs, batch 32, lr 0.1).
+
+    ``momentum`` 1e-4: IRNet's PolyOptimizer hands weight decay to SGD's momentum slot,
+    so its released runs had momentum 1e-4.
+    """
+
+    radius: int = 10
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    momentum: float = 1e-4
+    poly_power: float = 0.9
+    seed: int = 0
+
+
 def train_affinity(
-    net: AffinityNet,
+    net: BoundaryNet,
     items: torch.utils.data.Dataset,
     out_path: str | os.PathLike,
+    params: AffinityTrainParams,
     *,
-    radius: int = 10,
-    epochs: int = 3,
-    batch_size: int = 32,
-    lr: float = 0.1,
-    weight_decay: float = 1e-4,
-    momentum: float = 1e-4,
-    poly_power: float = 0.9,
-    seed: int = 0,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
-    stop_after_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Train the boundary head on CRF labels; save ``{"head", "in_channels", "width", ...}`` to ``out_path``.
+    """Train the boundary head on CRF labels; save ``{"head", "in_channels", "width", ...}``.
 
-    SGD with poly lr (IRNet's PolyOptimizer hands weight decay to SGD's momentum slot:
-    its released runs had momentum 1e-4, hence that default)
-    ``lr · (1 − step/max_step)^0.9``; ``max_step = steps per epoch · epochs``.
-    After every epoch ``<out_path>.partial.pt`` holds head, optimizer, step and
-    RNG state; a new call with the same settings resumes from it (one with other
-    settings starts afresh), and on CPU the result equals an uninterrupted run. ``stop_after_steps`` stops after that many optimizer steps
-    in total without writing the final file (to test resuming). Returns
-    ``{"losses": [mean loss per finished epoch], "steps": int, "finished": bool}``.
+    SGD on the head with the poly schedule ``lr · (1 − step/max_step)^0.9``. Resumable
+    (:class:`pole_core.training.TrainLoop`); on CPU a resumed run equals an
+    uninterrupted one. Returns ``{"losses": [mean loss per epoch], "steps": int}``.
     """
-    out_path = Path(out_path)
-    partial = out_path.with_name(out_path.name + ".partial.pt")
+    p = params
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    pi = path_index(radius)
+    pi = path_index(p.radius)
     net.to(dev)
     opt = torch.optim.SGD(
-        net.head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        net.head.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
     )
-    scaler = grad_scaler(dev)  # float16 autocast: the boundary gradients (~1e-7) underflow unscaled
-
     n = len(items)
     if n == 0:
         raise ValueError("train_affinity: no training items")
-    drop_last = n >= batch_size
-    steps_per_epoch = n // batch_size if drop_last else 1
-    max_step = steps_per_epoch * epochs
-
-    config = dict(
-        radius=radius,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        poly_power=poly_power,
-        seed=seed,
-        n_items=n,
-        **net.spec(),
+    n_steps, drop_last = steps_per_epoch(n, p.batch_size)
+    seed_everything(p.seed)
+    loop = TrainLoop(
+        "train_affinity",
+        out_path,
+        modules={"head": net.head},
+        train_modules=[net],  # BoundaryNet.train keeps its frozen backbone in eval mode
+        optimizer=opt,
+        device=dev,
+        epochs=p.epochs,
+        schedule=poly_schedule(n_steps * p.epochs, p.poly_power),
+        fingerprint={**asdict(p), "n_items": n, **net.spec()},
+        progress=progress,
+        log=log,
     )
-    start_epoch, step, losses = 0, 0, []
-    state = load_checkpoint(partial, map_location=dev) if partial.is_file() else None
-    if state is not None and state.get("config") != config:
-        log(f"train_affinity: {partial} was written with other settings; starting afresh")
-        state = None
-    if state is not None:
-        net.head.load_state_dict(state["head"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, step, losses = state["epoch"] + 1, state["step"], list(state["losses"])
-        set_rng_state(state["rng"])
-        log(f"train_affinity: resuming from {partial} after epoch {start_epoch}")
-    else:
-        seed_everything(seed)
-
+    loop.resume()
+    # One loader for all epochs: its shuffle draws from the global RNG at each epoch's
+    # start, which the partial checkpoint restores.
     loader = torch.utils.data.DataLoader(
         items,
-        batch_size=batch_size,
+        batch_size=p.batch_size,
         shuffle=True,
         drop_last=drop_last,
         num_workers=num_workers,
         collate_fn=_to_batch,
     )
-    for epoch in range(start_epoch, epochs):
+
+    def batches(epoch: int) -> torch.utils.data.DataLoader:
         if hasattr(items, "set_epoch"):  # datasets whose augmentation is keyed by epoch
             items.set_epoch(epoch)
-        net.train()
-        total, count = 0.0, 0
-        it = loader
-        if progress:
-            from tqdm import tqdm
+        return loader
 
-            it = tqdm(loader, desc=f"affinity {epoch + 1}/{epochs}", leave=False)
-        for images, masks in it:
-            if stop_after_steps is not None and step >= stop_after_steps:
-                log(f"train_affinity: stopped after {step} steps (stop_after_steps)")
-                return {"losses": losses, "steps": step, "finished": False}
-            images, masks = images.to(dev), masks.to(dev)
-            cur_lr = lr * (1 - step / max_step) ** poly_power
-            for g in opt.param_groups:
-                g["lr"] = cur_lr
-            with autocast(dev):
-                boundary = net(images)
-            aff = affinity_from_boundary(boundary.float(), pi)
-            loss = affinity_loss(aff, downsample_labels(masks, net.stride), pi)["total"]
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            total += float(loss.detach())
-            count += 1
-        losses.append(total / max(count, 1))
-        log(f"train_affinity: epoch {epoch + 1}/{epochs} loss {losses[-1]:.4f} lr {cur_lr:.5f}")
-        save_checkpoint(
-            partial,
-            {
-                "config": config,
-                "epoch": epoch,
-                "step": step,
-                "losses": losses,
-                "head": net.head.state_dict(),
-                "optimizer": opt.state_dict(),
-                "rng": rng_state(),
-            },
-        )
-    final = {
-        "head": {k: v.detach().cpu() for k, v in net.head.state_dict().items()},
-        **net.spec(),
-        "radius": radius,
-        "epochs": epochs,
-        "losses": losses,
-    }
-    with atomic_path(out_path) as tmp:
-        torch.save(final, tmp)
-    partial.unlink(missing_ok=True)
-    return {"losses": losses, "steps": step, "finished": True}
+    def step(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        images, masks = batch[0].to(dev), batch[1].to(dev)
+        with autocast(dev):
+            boundary = net(images)
+        aff = affinity_from_boundary(boundary.float(), pi)
+        loss = affinity_loss(aff, downsample_labels(masks, net.stride), pi)["total"]
+        return loss, {"loss": loss}
+
+    loop.run(batches, step)
+    losses = loop.column("loss")
+    loop.finish(
+        {
+            "head": {k: v.detach().cpu() for k, v in net.head.state_dict().items()},
+            **net.spec(),
+            "radius": p.radius,
+            "epochs": p.epochs,
+            "losses": losses,
+        }
+    )
+    return {"losses": losses, "steps": loop.step, "resumed_from_epoch": loop.resumed_from_epoch}
 
 
 @torch.no_grad()
-def predict_boundary(net: AffinityNet, image: Tensor, *, flip: bool = True) -> Tensor:
+def predict_boundary(net: BoundaryNet, image: Tensor, *, flip: bool = True) -> Tensor:
     """Boundary map [h, w] (stride-4 grid) for one image 3×H×W or 1×3×H×W in [0,1].
 
     As IRNet's EdgeDisplacement: logits of the image and its mirror are averaged

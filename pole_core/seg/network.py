@@ -21,7 +21,7 @@ Backbones:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ from torch import nn
 
 from ..io.checkpoint import mismatch_summary
 
-BACKBONES = ("deeplabv3_resnet101", "deeplabv3_resnet50", "mini")
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
@@ -140,6 +139,37 @@ class SegNet(nn.Module):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
+def _mini(n_classes: int, widths: Sequence[int], arch: dict[str, Any]) -> SegNet:
+    widths = tuple(int(w) for w in widths)
+    if len(widths) != 4:
+        raise ValueError(f"seg: mini widths must have 4 entries, got {widths}")
+    arch["widths"] = list(widths)
+    encoder = MiniEncoder(widths)  # built before the head: the order of their random init
+    head = MiniHead(widths[3], widths[1], n_classes, width=max(16, widths[1]))
+    return SegNet(encoder, head, arch)
+
+
+def _torchvision_deeplabv3(name: str) -> Callable[..., SegNet]:
+    def build(n_classes: int, widths: Sequence[int], arch: dict[str, Any]) -> SegNet:
+        from torchvision.models import segmentation
+
+        tv = getattr(segmentation, name)(
+            weights=None, weights_backbone=None, num_classes=n_classes, aux_loss=False
+        )
+        return SegNet(tv.backbone, tv.classifier, arch)
+
+    return build
+
+
+# Segmenter registry: name -> builder(n_classes, widths, arch). A new segmenter is one
+# builder plus one entry here.
+BACKBONES: dict[str, Callable[..., SegNet]] = {
+    "deeplabv3_resnet101": _torchvision_deeplabv3("deeplabv3_resnet101"),
+    "deeplabv3_resnet50": _torchvision_deeplabv3("deeplabv3_resnet50"),
+    "mini": _mini,
+}
+
+
 def build_seg_net(
     backbone: str = "deeplabv3_resnet101",
     n_classes: int = 21,
@@ -156,28 +186,12 @@ def build_seg_net(
         raise ValueError(
             f"seg: n_classes must count background plus at least one class, got {n_classes}"
         )
-    arch: dict[str, Any] = {"backbone": backbone, "n_classes": int(n_classes)}
-    if backbone == "mini":
-        widths = tuple(int(w) for w in widths)
-        if len(widths) != 4:
-            raise ValueError(f"seg: mini widths must have 4 entries, got {widths}")
-        arch["widths"] = list(widths)
-        net = SegNet(
-            MiniEncoder(widths),
-            MiniHead(widths[3], widths[1], n_classes, width=max(16, widths[1])),
-            arch,
-        )
-    elif backbone in ("deeplabv3_resnet101", "deeplabv3_resnet50"):
-        from torchvision.models import segmentation
-
-        tv = getattr(segmentation, backbone)(
-            weights=None, weights_backbone=None, num_classes=n_classes, aux_loss=False
-        )
-        net = SegNet(tv.backbone, tv.classifier, arch)
-    else:
+    if backbone not in BACKBONES:
         raise ValueError(
             f"seg: unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}"
         )
+    arch: dict[str, Any] = {"backbone": backbone, "n_classes": int(n_classes)}
+    net = BACKBONES[backbone](n_classes, widths, arch)
     if weights is not None:
         load_weights(net, weights)
     return net

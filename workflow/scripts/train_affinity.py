@@ -5,11 +5,11 @@ from pathlib import Path
 from _common import augmented_items, boundary_features, dataset, device, find_in_shards, ids, run
 
 from pole_core.io.png import read_mask
-from pole_core.refine.affinity import AffinityNet, train_affinity
+from pole_core.refine.affinity import BoundaryNet, AffinityTrainParams, train_affinity
 
 
 def main(log):
-    a = snakemake.params.affinity
+    affinity = snakemake.params.affinity
     ds = dataset(snakemake)
     train_ids = ids(ds, snakemake.params.split, snakemake.params.max_images)
     label_path = find_in_shards(list(snakemake.input.shards), "labels")
@@ -17,30 +17,33 @@ def main(log):
         snakemake,
         ds,
         train_ids,
-        a,
+        affinity,
         mask_fn=lambda image_id: read_mask(label_path(image_id)),
         flip=True,
     )
     dev = device(snakemake)
-    net = AffinityNet(
-        boundary_features(a["backbone"], snakemake.input.backbone[0], dev),
-        stride=a["stride"],
-        context=a["context"],
-        image_level=a["image_level"],
+    net = BoundaryNet(
+        boundary_features(affinity["backbone"], snakemake.input.backbone[0], dev),
+        stride=affinity["stride"],
+        context=affinity["context"],
+        image_level=affinity["image_level"],
+    )
+    params = AffinityTrainParams(
+        radius=affinity["radius"],
+        epochs=affinity["epochs"],
+        batch_size=affinity["batch_size"],
+        lr=affinity["lr"],
+        weight_decay=affinity["weight_decay"],
+        momentum=affinity["momentum"],
+        seed=snakemake.params.seed,
     )
     stats = train_affinity(
         net,
         items,
         Path(snakemake.output[0]),
-        radius=a["radius"],
-        epochs=a["epochs"],
-        batch_size=a["batch_size"],
-        lr=a["lr"],
-        weight_decay=a["weight_decay"],
-        momentum=a["momentum"],
-        seed=snakemake.params.seed,
+        params,
         device=dev,
-        num_workers=a["workers"],
+        num_workers=affinity["workers"],
         log=log.info,
     )
     log.info("boundary network trained: %s", stats)
