@@ -11,7 +11,7 @@ VOC layout (so ``pole_core.data.voc.VOCDataset`` reads it like VOCdevkit/VOC2012
 - ``clip_corpus/{images.npy, captions.txt, vocab.txt}``: separate image-caption pairs
   for pretraining the mini-CLIP.
 
-The caption design is what makes POLE's premise true here (README, "The demo world"): for some classes the dataset name is *polysemous* -- it
+The caption design is what makes POLE's premise true here (docs/DEMO_WORLD.md): for some classes the dataset name is *polysemous* -- it
 mostly names the class's co-occurring background (``boat`` for water) -- or *rare*,
 while synonyms name the objects reliably; control classes use the name often.
 Everything is drawn from ``np.random.default_rng([seed, split, index])`` per image, so
