@@ -100,8 +100,39 @@ def config_diff(base: dict[str, Any], other: dict[str, Any]) -> dict[str, tuple[
     return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
 
 
+# Keys whose choices are the entries of a registry, so that a new backbone or dataset is
+# one module plus one registry entry (the schema lists no enum for them).
+REGISTRIES: dict[str, str] = {
+    "data.source": "pole_core.data.registry:DATASETS",
+    "cam.backbone": "pole_core.cam.network:BACKBONES",
+    "seg.backbone": "pole_core.seg.network:BACKBONES",
+}
+
+
+# The same for keys of each CAM variant (cam.variants.<name>.<key>), with their default.
+VARIANT_REGISTRIES: dict[str, tuple[str, str]] = {
+    "source": ("pole_core.cam.sources:CAM_SOURCES", "trained"),
+}
+
+
+def registry(key: str) -> dict[str, Any]:
+    """The registry behind a config key of :data:`REGISTRIES` or :data:`VARIANT_REGISTRIES`."""
+    import importlib
+
+    path = REGISTRIES[key] if key in REGISTRIES else VARIANT_REGISTRIES[key][0]
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _check_semantics(config: dict[str, Any]) -> None:
     """Cross-key rules the schema cannot say."""
+    for key in REGISTRIES:
+        group, name = key.split(".")
+        value, choices = config[group][name], registry(key)
+        if value not in choices:
+            raise ConfigError(
+                f"config: {key} = {value!r} is not one of {', '.join(map(repr, choices))}"
+            )
     data = config["data"]
     if data["source"] != "world" and not data.get("root"):
         raise ConfigError(
@@ -118,6 +149,7 @@ def _check_semantics(config: dict[str, Any]) -> None:
         raise ConfigError(
             f"config: seg.variant = {config['seg']['variant']!r} is not one of cam.variants ({', '.join(variants)})"
         )
+    _check_variants(config)
     th = config["eval"]["cam_bg_thresholds"]
     if th["stop"] < th["start"]:
         raise ConfigError("config: eval.cam_bg_thresholds.stop must not be below start")
@@ -128,14 +160,86 @@ def _check_semantics(config: dict[str, Any]) -> None:
                 raise ConfigError(f"config: {group}.{name} = {[lo, hi]} must be [low, high]")
 
 
+def variant_source(config: dict[str, Any], variant: str) -> str:
+    """What makes a variant's CAMs: a key of pole_core.cam.sources.CAM_SOURCES."""
+    return config["cam"]["variants"][variant].get("source", VARIANT_REGISTRIES["source"][1])
+
+
+def select_from(config: dict[str, Any], variant: str) -> str | None:
+    """The variant whose CAMs POLE's selection masks for ``variant`` (None unless prompts selected).
+
+    Unset: baseline, except for a clip_es variant, which selects from the first clip_es
+    variant with prompts names (POLE on CLIP-ES refines CLIP-ES's own masks); None when
+    there is no such variant (:func:`validate_config` reports it).
+    """
+    variants = config["cam"]["variants"]
+    spec = variants[variant]
+    if spec["prompts"] != "selected":
+        return None
+    if "select_from" in spec:
+        return spec["select_from"]
+    source = variant_source(config, variant)
+    if source == "trained":
+        return "baseline"
+    same = [v for v in variants if variant_source(config, v) == source]
+    return next((v for v in same if variants[v]["prompts"] == "names"), None)
+
+
+def selection_file(source_variant: str) -> str:
+    """The selection file of a source variant under <results_dir>/prompts/ (baseline: selected.json)."""
+    return "selected.json" if source_variant == "baseline" else f"selected_{source_variant}.json"
+
+
+def _check_variants(config: dict[str, Any]) -> None:
+    """Each variant's source is registered, its selection source exists, its boundary net has a backbone."""
+    variants = config["cam"]["variants"]
+    for name, spec in variants.items():
+        for key, (_, default) in VARIANT_REGISTRIES.items():
+            value, choices = spec.get(key, default), registry(key)
+            if value not in choices:
+                raise ConfigError(
+                    f"config: cam.variants.{name}.{key} = {value!r} is not one of "
+                    f"{', '.join(map(repr, choices))}"
+                )
+        where = f"cam.variants.{name}.select_from"
+        if "select_from" in spec and spec["prompts"] != "selected":
+            raise ConfigError(f"config: {where} applies only to prompts: selected")
+        origin = select_from(config, name)
+        if spec["prompts"] == "selected" and origin is None:
+            raise ConfigError(
+                f"config: cam.variants.{name} (source {variant_source(config, name)}, prompts "
+                f"selected) has no variant of its source with prompts names to select from; "
+                f"add one or set {where}"
+            )
+        if origin is not None and origin not in variants:
+            raise ConfigError(
+                f"config: {where} = {origin!r} is not one of cam.variants ({', '.join(variants)})"
+            )
+        if origin is not None and variants[origin]["prompts"] != "names":
+            raise ConfigError(
+                f"config: {where} = {origin!r} has prompts {variants[origin]['prompts']!r}; "
+                "POLE selects from the CAMs of a variant with prompts names"
+            )
+    baseline_net = registry("source")[variant_source(config, "baseline")].network
+    if config["affinity"]["backbone"] == "cam_net" and not baseline_net:
+        raise ConfigError(
+            "config: affinity.backbone cam_net reads the baseline's CAM network for variants "
+            "without one, so cam.variants.baseline.source must be trained (or set "
+            "affinity.backbone resnet50)"
+        )
+
+
 def variant_settings(config: dict[str, Any], variant: str) -> dict[str, Any]:
-    """Resolve one CAM variant: its prompts, adapters flag and full loss weights."""
+    """Resolve one CAM variant: its source, prompts (and where they are selected from),
+    adapters flag and full loss weights."""
     cam = config["cam"]
     spec = cam["variants"][variant]
     weights = dict(cam["loss_weights"])
     weights.update(spec.get("loss_weights", {}))
     return {
+        "source": variant_source(config, variant),
         "prompts": spec["prompts"],
+        "select_from": select_from(config, variant),
         "adapters": spec.get("adapters", cam["adapters"]),
         "loss_weights": weights,
     }

@@ -122,6 +122,86 @@ def test_shipped_configs_validate(name):
     validate_config(cfg)
 
 
+def test_oracle_variant_and_probe_keys():
+    variants = {
+        "baseline": {"prompts": "names"},
+        "pole": {"prompts": "selected"},
+        "oracle": {"prompts": "oracle"},
+    }
+    cfg = validate_config(_voc(cam={"variants": variants}))
+    assert variant_settings(cfg, "oracle")["prompts"] == "oracle"
+    assert "oracle" not in paper_defaults()["cam"]["variants"]  # off by default
+    assert cfg["eval"]["probe"] == {"images": 200, "blur": 0.04, "dilate": 0.08}
+    with pytest.raises(ConfigError, match=r"cam\.variants\.oracle\.prompts = 'gt' must be one of"):
+        validate_config(_voc(cam={"variants": {**variants, "oracle": {"prompts": "gt"}}}))
+
+
+CLIP_ES_VARIANTS = {
+    "baseline": {"prompts": "names"},
+    "pole": {"prompts": "selected"},
+    "clip_es": {"source": "clip_es", "prompts": "names"},
+    "clip_es_pole": {"source": "clip_es", "prompts": "selected"},
+}
+
+
+def test_cam_source_registry_and_selection_sources():
+    cfg = validate_config(_voc(cam={"variants": CLIP_ES_VARIANTS}))
+    assert variant_settings(cfg, "pole")["source"] == "trained"  # unset = trained
+    assert variant_settings(cfg, "pole")["select_from"] == "baseline"
+    assert variant_settings(cfg, "clip_es_pole")["select_from"] == "clip_es"  # its own source
+    assert variant_settings(cfg, "clip_es")["select_from"] is None
+    assert cfg["clip_es"]["template"] == "a clean origami {}." and cfg["clip_es"]["scales"] == [1.0]
+    assert "source" not in paper_defaults()["cam"]["variants"]["baseline"]  # defaults unchanged
+    bad = {**CLIP_ES_VARIANTS, "clip_es": {"source": "clipes", "prompts": "names"}}
+    with pytest.raises(ConfigError) as err:
+        validate_config(_voc(cam={"variants": bad}))
+    assert str(err.value) == (
+        "config: cam.variants.clip_es.source = 'clipes' is not one of 'trained', 'clip_es'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("variants", "extra", "expected"),
+    [
+        (  # a selected clip_es variant needs a clip_es variant with names to select from
+            {"baseline": {"prompts": "names"}, "x": {"source": "clip_es", "prompts": "selected"}},
+            {"seg": {"variant": "baseline"}},
+            "cam.variants.x (source clip_es, prompts selected) has no variant",
+        ),
+        (
+            {**CLIP_ES_VARIANTS, "pole": {"prompts": "selected", "select_from": "nope"}},
+            {},
+            "cam.variants.pole.select_from = 'nope' is not one of cam.variants",
+        ),
+        (
+            {**CLIP_ES_VARIANTS, "pole": {"prompts": "selected", "select_from": "clip_es_pole"}},
+            {},
+            "select_from = 'clip_es_pole' has prompts 'selected'",
+        ),
+        (
+            {
+                **CLIP_ES_VARIANTS,
+                "clip_es": {"source": "clip_es", "prompts": "names", "select_from": "baseline"},
+            },
+            {},
+            "cam.variants.clip_es.select_from applies only to prompts: selected",
+        ),
+        (  # the boundary net of a clip_es variant reads the baseline's CAM network
+            {
+                "baseline": {"source": "clip_es", "prompts": "names"},
+                "pole": {"prompts": "selected"},
+            },
+            {"affinity": {"backbone": "cam_net"}},
+            "cam.variants.baseline.source must be trained",
+        ),
+    ],
+)
+def test_bad_cam_sources_name_the_key(variants, extra, expected):
+    with pytest.raises(ConfigError) as err:
+        validate_config(_voc(cam={"variants": variants}, **extra))
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
 def test_threshold_sweep():
     cfg = validate_config(
         _voc(eval={"cam_bg_thresholds": {"start": 0.1, "stop": 0.3, "step": 0.05}})

@@ -78,6 +78,28 @@ def test_summary_table_timings_histogram(tmp_path):
     assert "**pottedplant** (1)" in md and "notes.json" in md and "| top1 | 71.50 |" in md
 
 
+def test_summary_with_another_variant(tmp_path):
+    """An extra CAM variant (an oracle) gets its own column; without it, it is unrecognised."""
+    ev = tmp_path / "eval"
+    for stem, v in {"cam_baseline": 40.0, "cam_pole": 45.0, "cam_oracle": 49.5}.items():
+        write_json(ev / f"{stem}.json", {"miou": v})
+    out = build_summary(
+        ev,
+        None,
+        None,
+        tmp_path / "s.json",
+        tmp_path / "s.md",
+        variants=["baseline", "pole", "oracle"],
+    )
+    assert out["table"] == [{"stage": "cam", "baseline": 40.0, "pole": 45.0, "oracle": 49.5}]
+    assert out["miou"]["cam_oracle"] == 49.5 and out["unknown_eval_files"] == []
+    md = (tmp_path / "s.md").read_text()
+    assert "| stage | baseline | POLE | Δ (POLE − baseline) | oracle |" in md
+    assert "| CAM | 40.00 | 45.00 | +5.00 | 49.50 |" in md
+    default = build_summary(ev, None, None, tmp_path / "d.json", tmp_path / "d.md")
+    assert default["unknown_eval_files"] == ["cam_oracle.json"]
+
+
 def test_summary_of_empty_run(tmp_path):
     out = build_summary(
         tmp_path / "none", tmp_path / "nob", None, tmp_path / "s.json", tmp_path / "s.md"

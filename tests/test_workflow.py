@@ -182,7 +182,7 @@ def test_a_change_reruns_exactly_its_stages(smoke_run, what, change, expected):
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory) -> Path:
     """The repository's code (Snakefile, workflow/, pole_core/, config/, profiles/), mtimes kept."""
-    skip_top = {".venv", ".git", ".snakemake", "logs", "benchmarks", ".pytest_cache", ".ruff_cache"}
+    skip_top = {".venv", ".git", ".snakemake", "logs", ".pytest_cache", ".ruff_cache"}
 
     def ignore(folder, names):
         out = {n for n in names if n == "__pycache__"}
@@ -272,3 +272,65 @@ def test_nested_config_values_from_the_command_line_get_their_types(tmp_path):
     proc = snakemake(tmp_path, "--dry-run", "--config", "crf={iters: many}", check=False)
     assert proc.returncode != 0
     assert "config: crf.iters = 'many' is not of type integer" in proc.stdout + proc.stderr
+
+
+ORACLE_VARIANT = "oracle: {prompts: oracle}"
+
+
+def test_an_oracle_variant_selects_on_ground_truth(tmp_path):
+    # off by default (FULL has no select_prompts_oracle); asked for, it feeds its own train_cam
+    jobs = planned_jobs(
+        tmp_path, "--config", f"cam={{variants: {{{BASE_VARIANTS}, {ORACLE_VARIANT}}}}}"
+    )
+    assert jobs["select_prompts_oracle"] == 1 and jobs["select_prompts"] == 1
+    assert jobs["train_cam"] == 3 and jobs["eval_cam"] == 3
+    proc = snakemake(
+        tmp_path,
+        "--dry-run",
+        "--printshellcmds",
+        "--config",
+        f"cam={{variants: {{{BASE_VARIANTS}, {ORACLE_VARIANT}}}}}",
+    )
+    text = proc.stdout + proc.stderr
+    assert "results_smoke/prompts/oracle.json" in text
+    assert "results_smoke/cam_net/oracle/model.pt" in text
+
+
+def test_an_oracle_variant_without_ground_truth_is_a_config_error(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "mydata"
+    (root / "images").mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "images" / f"im{i}.png")
+    (root / "labels.csv").write_text("image,labels\nim0,cat\nim1,dog\n")
+    (root / "classes.yaml").write_text("classes: [cat, dog]\n")
+    proc = snakemake(
+        tmp_path / "work",
+        "--dry-run",
+        "--config",
+        f"data={{source: folder, root: {root}}}",
+        f"clip={{checkpoint: {tmp_path / 'clip.pt'}}}",
+        f"cam={{variants: {{{BASE_VARIANTS}, {ORACLE_VARIANT}}}}}",
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    lines = [ln for ln in out.splitlines() if "cam.variants.oracle.prompts" in ln]
+    assert lines and lines[0].startswith("config: cam.variants.oracle.prompts = 'oracle'"), out[
+        -2000:
+    ]
+
+
+def test_smoke_run_writes_the_world_probe(smoke_run):
+    r = smoke_run / "results_smoke" / "eval"
+    probe = json.loads((r / "clip_zeroshot.json").read_text())["probe"]
+    assert probe["split"] == "val" and probe["max_images"] == 200
+    assert sum(row["n_images"] for row in probe["per_class"].values()) >= 8  # 8 val images
+    assert set(probe["mean_name_minus_best_synonym"]) == {"gt", "cam_like"}
+    for row in probe["per_class"].values():
+        assert set(row["name_minus_best_synonym"]) == {"gt", "cam_like"}
+        for margin in row["margin"].values():
+            assert set(margin) == {"gt", "cam_like"}
+    assert "| class | token | margin GT | margin CAM-like |" in (r / "probe.md").read_text()

@@ -8,13 +8,19 @@ reaches CLIP through CLIP's own test-time geometry (``preprocess="clip"``: bicub
 of the short side, centre crop, as open_clip's/OpenAI's preprocess) or squashed whole to
 the input square (``"squash"``). Pairs are encoded in batches; each is brought to CLIP's input size as it is read,
 so memory does not grow with the number of image sizes in the split. The dataset's name is listed first among the candidates, so a tie keeps it.
+
+The masks come from a *mask source* (``image_id -> (masks K×H×W, class indices)``): the
+baseline CAM store for POLE (:func:`cam_masks`), or the ground-truth masks
+(:func:`gt_masks`) for the oracle variant, the ceiling of the selection: the same code
+fed the object's true extent instead of the baseline's estimate of it.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -28,6 +34,8 @@ from ..io.cam_store import open_cams, read_cam
 Selected = dict[str, dict[str, str]]
 Histogram = dict[str, dict[str, int]]
 PREPROCESS = ("clip", "squash")
+# image id -> (float masks K×H×W at the image's resolution, the K class indices)
+MaskSource = Callable[[str], tuple[np.ndarray, np.ndarray]]
 
 
 def _candidate_lists(
@@ -90,6 +98,33 @@ class _Selector:
             self.choices.append((image_id, k, self.tokens[k][int(torch.argmax(probs))]))
 
 
+@contextmanager
+def cam_masks(cams_h5: str | os.PathLike) -> Iterator[MaskSource]:
+    """The baseline CAMs of an HDF5 store as a mask source (POLE's selection)."""
+    with open_cams(cams_h5) as f:
+
+        def source(image_id: str) -> tuple[np.ndarray, np.ndarray]:
+            return read_cam(f, image_id)
+
+        yield source
+
+
+def gt_masks(dataset: Any) -> MaskSource:
+    """Binary ground-truth masks of the labelled classes as a mask source (the oracle).
+
+    The classes are the image-level label, as the CAM store keys them, so the oracle scores
+    exactly the pairs POLE does; ignore pixels (255) count as not the object.
+    """
+
+    def source(image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        keys = np.flatnonzero(np.asarray(dataset.labels(image_id)) > 0.5)
+        label_map = np.asarray(dataset.mask(image_id))
+        masks = label_map[None] == (keys + 1)[:, None, None]
+        return masks.astype(np.float32), keys
+
+    return source
+
+
 def select_prompts(
     dataset: Any,
     ids: Sequence[str],
@@ -102,13 +137,46 @@ def select_prompts(
     preprocess: str = "clip",
     progress: bool = True,
 ) -> tuple[Selected, Histogram]:
-    """Choose a token per (image, labelled class); returns ``(selected, histogram)``.
+    """Choose a token per (image, labelled class) from the baseline CAMs in ``cams_h5``.
 
-    ``selected`` = ``{image_id: {class_name: token}}`` for every id in ``ids`` (an image
-    without classes maps to ``{}``); ``histogram`` = ``{class_name: {token: count}}`` over
-    all candidates, in candidate order. The classes of an image are the ``keys`` stored
-    with its CAM (its image-level label). ``preprocess``: ``"clip"`` (short side to
-    ``bundle.input_size``, centre crop) or ``"squash"`` (whole image to the square).
+    Returns ``(selected, histogram)``: ``selected`` = ``{image_id: {class_name: token}}``
+    for every id in ``ids`` (an image without classes maps to ``{}``); ``histogram`` =
+    ``{class_name: {token: count}}`` over all candidates, in candidate order. The classes
+    of an image are the ``keys`` stored with its CAM (its image-level label).
+    ``preprocess``: ``"clip"`` (short side to ``bundle.input_size``, centre crop) or
+    ``"squash"`` (whole image to the square).
+    """
+    with cam_masks(cams_h5) as source:
+        return select_prompts_from_masks(
+            dataset,
+            ids,
+            source,
+            bundle,
+            candidates,
+            template=template,
+            batch_size=batch_size,
+            preprocess=preprocess,
+            progress=progress,
+            source_name=str(cams_h5),
+        )
+
+
+def select_prompts_from_masks(
+    dataset: Any,
+    ids: Sequence[str],
+    masks: MaskSource,
+    bundle: Any,
+    candidates: Mapping[str, Sequence[str]],
+    *,
+    template: str = "A photo of {}.",
+    batch_size: int = 64,
+    preprocess: str = "clip",
+    progress: bool = True,
+    source_name: str = "masks",
+) -> tuple[Selected, Histogram]:
+    """:func:`select_prompts` over any mask source (``masks``: CAMs or ground truth).
+
+    ``source_name`` names the source in error messages (a CAM file, ``ground truth``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -129,21 +197,20 @@ def select_prompts(
         }
         tokens = {k: cands[name] for k, name in enumerate(names)}
         selector = _Selector(bundle, text, tokens, batch_size, preprocess)
-        with open_cams(cams_h5) as f:
-            for image_id in tqdm(ids, disable=not progress, desc="select prompts", unit="img"):
-                cam, keys = read_cam(f, image_id)
-                image = np.asarray(dataset.image(image_id))
-                if cam.shape[1:] != image.shape[:2]:
+        for image_id in tqdm(ids, disable=not progress, desc="select prompts", unit="img"):
+            cam, keys = masks(image_id)
+            image = np.asarray(dataset.image(image_id))
+            if cam.shape[1:] != image.shape[:2]:
+                raise ValueError(
+                    f"{source_name}: CAM of {image_id!r} is {cam.shape[1:]}, the image is {image.shape[:2]}"
+                )
+            for row, k in enumerate(np.asarray(keys).tolist()):
+                if not 0 <= k < len(names):
                     raise ValueError(
-                        f"{cams_h5}: CAM of {image_id!r} is {cam.shape[1:]}, the image is {image.shape[:2]}"
+                        f"{source_name}: key {k} of {image_id!r} outside 0..{len(names) - 1}"
                     )
-                for row, k in enumerate(keys.tolist()):
-                    if not 0 <= k < len(names):
-                        raise ValueError(
-                            f"{cams_h5}: key {k} of {image_id!r} outside 0..{len(names) - 1}"
-                        )
-                    selector.add(image_id, k, image, cam[row])
-            selector.flush()
+                selector.add(image_id, k, image, cam[row])
+        selector.flush()
 
     selected: Selected = {image_id: {} for image_id in ids}
     histogram: Histogram = {name: dict.fromkeys(cands[name], 0) for name in names}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +42,29 @@ def _num(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _stage_key(stem: str, content: Any) -> tuple[str, str] | None:
+def _stage_key(
+    stem: str, content: Any, variants: Sequence[str] = VARIANTS
+) -> tuple[str, str] | None:
     """(row, variant) for an eval file, or None when it is not a mIoU stage."""
     if not isinstance(content, dict) or "miou" not in content:
         return None
     if stem in SINGLE_STAGES:
         variant = content.get("variant", SINGLE_STAGES[stem])
-        return (stem, variant) if variant in VARIANTS else None
-    for variant in VARIANTS:
+        return (stem, variant) if variant in variants else None
+    # longest first: a variant named x_pole is not pole of a stage called cam_x
+    for variant in sorted(variants, key=len, reverse=True):
         if stem.endswith(f"_{variant}") and len(stem) > len(variant) + 1:
             return stem[: -len(variant) - 1], variant
     return None
 
 
-def read_evals(eval_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read every ``<stage>.json``: mIoU per stage, table rows, zero-shot block, unknown files."""
+def read_evals(eval_dir: str | os.PathLike, variants: Sequence[str] = VARIANTS) -> dict[str, Any]:
+    """Read every ``<stage>.json``: mIoU per stage, table rows, zero-shot block, unknown files.
+
+    ``variants``: the run's CAM variants (cam.variants); a row has a value per variant,
+    baseline and pole always (the table's Δ column compares them).
+    """
+    columns = list(dict.fromkeys([*VARIANTS, *variants]))
     eval_dir = Path(eval_dir)
     miou: dict[str, float | None] = {}
     cells: dict[str, dict[str, float | None]] = {}
@@ -67,7 +76,7 @@ def read_evals(eval_dir: str | os.PathLike) -> dict[str, Any]:
         if stem == ZEROSHOT:
             zeroshot = content
             continue
-        key = _stage_key(stem, content)
+        key = _stage_key(stem, content, columns)
         if key is None:
             unknown.append(path.name)
             continue
@@ -75,18 +84,15 @@ def read_evals(eval_dir: str | os.PathLike) -> dict[str, Any]:
         miou[stem] = value
         cells.setdefault(key[0], {})[key[1]] = value
     order = [r for r in ROW_ORDER if r in cells] + sorted(r for r in cells if r not in ROW_ORDER)
-    table = [
-        {"stage": r, "baseline": cells[r].get("baseline"), "pole": cells[r].get("pole")}
-        for r in order
-    ]
+    table = [{"stage": r} | {v: cells[r].get(v) for v in columns} for r in order]
     return {"miou": miou, "table": table, "clip_zeroshot": zeroshot, "unknown_eval_files": unknown}
 
 
 def read_benchmarks(benchmarks_dir: str | os.PathLike) -> dict[str, dict[str, float]]:
     """Per rule: summed wall seconds over shards (rows of one file = repeats, averaged), max RSS, job count.
 
-    Layout: ``benchmarks/<rule>/<name>.tsv`` (a TSV directly under the folder
-    counts as a rule of its own name). Snakemake writes "NA" for values it
+    Layout: ``<results_dir>/benchmarks/<rule>/<name>.tsv``, as the rules' ``benchmark:``
+    write them (a TSV directly under the folder counts as a rule of its own name). Snakemake writes "NA" for values it
     could not measure; those are skipped.
     """
     root = Path(benchmarks_dir)
@@ -119,12 +125,19 @@ def _markdown(summary: dict[str, Any], bench: dict[str, dict[str, float]]) -> st
     lines = ["# POLE pipeline summary", ""]
     lines += ["## mIoU (%)", ""]
     if summary["table"]:
-        lines += ["| stage | baseline | POLE | Δ (POLE − baseline) |", "|---|---:|---:|---:|"]
+        extra = [k for k in summary["table"][0] if k not in ("stage", *VARIANTS)]
+        lines += [
+            "| stage | baseline | POLE | Δ (POLE − baseline) |" + "".join(f" {v} |" for v in extra),
+            "|---|---:|---:|---:|" + "---:|" * len(extra),
+        ]
         for row in summary["table"]:
             b, p = row["baseline"], row["pole"]
             delta = p - b if b is not None and p is not None else None
             title = ROW_TITLES.get(row["stage"], row["stage"])
-            lines.append(f"| {title} | {_fmt(b)} | {_fmt(p)} | {_fmt(delta, sign=True)} |")
+            lines.append(
+                f"| {title} | {_fmt(b)} | {_fmt(p)} | {_fmt(delta, sign=True)} |"
+                + "".join(f" {_fmt(row[v])} |" for v in extra)
+            )
     elif summary.get("unscored"):
         lines.append(f"Not scored: {summary['unscored']}.")
     else:
@@ -188,15 +201,17 @@ def build_summary(
     out_json: str | os.PathLike,
     out_md: str | os.PathLike,
     unscored: str | None = None,
+    variants: Sequence[str] = VARIANTS,
 ) -> dict[str, Any]:
     """Write ``summary.json`` and ``summary.md`` (atomically) and return the summary dict.
 
-    JSON keys: ``miou`` {stage: %}, ``table`` [{"stage", "baseline", "pole"}],
+    JSON keys: ``miou`` {stage: %}, ``table`` [{"stage", "baseline", "pole", and any other
+    of ``variants`` (cam.variants, e.g. an oracle): %}],
     ``timings_s`` {rule: s}, ``total_s``, ``max_rss_mb`` {rule: MB},
     ``prompt_histogram``, ``clip_zeroshot``, ``unknown_eval_files``, ``unscored`` (why no
     stage was scored, e.g. a dataset without ground truth; None when scored).
     """
-    evals = read_evals(eval_dir)
+    evals = read_evals(eval_dir, variants)
     bench = read_benchmarks(benchmarks_dir) if benchmarks_dir is not None else {}
     hist = None
     if prompt_histogram_json is not None:

@@ -17,6 +17,8 @@ PRETRAIN_CAM_KEYS = (
 
 rule import_cam_init:
     """IRNet's released CAM classifier (cam.init) in this pipeline's CAM-network format."""
+    conda:
+        CONDA_ENV
     input:
         config["cam"]["init"] or [],
     output:
@@ -32,6 +34,8 @@ rule import_cam_init:
 
 
 rule pretrain_cam:
+    conda:
+        CONDA_ENV
     input:
         data=data_root(),
         aug=sbd_input(),
@@ -52,12 +56,14 @@ rule pretrain_cam:
     log:
         "logs/pretrain_cam.log",
     benchmark:
-        "benchmarks/pretrain_cam.tsv"
+        f"{R}/benchmarks/pretrain_cam.tsv"
     script:
         "../scripts/pretrain_cam.py"
 
 
 rule train_cam:
+    conda:
+        CONDA_ENV
     input:
         data=data_root(),
         aug=sbd_input(),
@@ -66,6 +72,8 @@ rule train_cam:
         init=cam_init_input(),
     output:
         f"{R}/cam_net/{{variant}}/model.pt",
+    wildcard_constraints:
+        variant=source_variants("trained"),
     params:
         cam={k: v for k, v in config["cam"].items() if k != "variants"},
         variant=lambda wc: variant_settings(config, wc.variant),
@@ -82,12 +90,14 @@ rule train_cam:
     log:
         "logs/train_cam/{variant}.log",
     benchmark:
-        "benchmarks/train_cam/{variant}.tsv"
+        f"{R}/benchmarks/train_cam/{{variant}}.tsv"
     script:
         "../scripts/train_cam.py"
 
 
 rule extract_cams:
+    conda:
+        CONDA_ENV
     input:
         data=data_root(),
         aug=sbd_input(),
@@ -95,6 +105,8 @@ rule extract_cams:
     output:
         # the shards are merged into cams/{variant}.h5 and then deleted (keep: --notemp)
         temp(f"{R}/cams/{{variant}}/shard_{{scatteritem}}.h5"),
+    wildcard_constraints:
+        variant=source_variants("trained"),
     params:
         cams=config["cams"],
         splits=[config["data"]["train_split"], config["data"]["eval_split"]],
@@ -107,12 +119,47 @@ rule extract_cams:
     log:
         "logs/extract_cams/{variant}_{scatteritem}.log",
     benchmark:
-        "benchmarks/extract_cams/{variant}_{scatteritem}.tsv"
+        f"{R}/benchmarks/extract_cams/{{variant}}_{{scatteritem}}.tsv"
     script:
         "../scripts/extract_cams.py"
 
 
+rule clip_es_cams:
+    """The training-free CAM source (cam.variants.<name>.source: clip_es): CLIP-ES CAMs of the
+    frozen CLIP ViT, one shard of the same scatter and store as extract_cams; no CAM network."""
+    conda:
+        CONDA_ENV
+    input:
+        data=data_root(),
+        aug=sbd_input(),
+        clip=clip_input(),
+        prompts=prompts_input,
+    output:
+        temp(f"{R}/cams/{{variant}}/shard_{{scatteritem}}.h5"),
+    wildcard_constraints:
+        variant=source_variants("clip_es"),
+    params:
+        clip_es=config["clip_es"],
+        clip=config["clip"],
+        prompts=lambda wc: variant_settings(config, wc.variant)["prompts"],
+        splits=[config["data"]["train_split"], config["data"]["eval_split"]],
+        max_images=config["data"]["max_images"],
+        device=config["device"],
+        code=code_version("cam", "clip", "data"),
+    threads: 1
+    resources:
+        gpu=GPU,
+    log:
+        "logs/clip_es_cams/{variant}_{scatteritem}.log",
+    benchmark:
+        f"{R}/benchmarks/clip_es_cams/{{variant}}_{{scatteritem}}.tsv"
+    script:
+        "../scripts/clip_es_cams.py"
+
+
 rule gather_cams:
+    conda:
+        CONDA_ENV
     input:
         gather.cams(f"{R}/cams/{{{{variant}}}}/shard_{{scatteritem}}.h5"),
     output:
@@ -124,6 +171,8 @@ rule gather_cams:
 
 
 rule eval_cam:
+    conda:
+        CONDA_ENV
     input:
         data=data_root(),
         aug=sbd_input(),

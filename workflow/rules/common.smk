@@ -1,6 +1,7 @@
 # Config validation, paths and the small input functions every stage uses.
 import functools
 import hashlib
+import re
 import sys
 from pathlib import Path
 
@@ -15,10 +16,12 @@ from pole_core.config import (
     config_diff,
     load_schema,
     paper_defaults,
+    selection_file,
     thresholds,
     validate_config,
     variant_settings,
 )
+from pole_core.cam.sources import CAM_SOURCES
 from pole_core.data.registry import has_ground_truth, open_dataset
 
 # config.yaml is the demo run: it applies only when no --configfile is given, so a
@@ -78,6 +81,8 @@ except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
 R = config["results_dir"]
+# The software of every rule for `--use-conda` (the same pins as pyproject.toml; a test checks).
+CONDA_ENV = "../../envs/pole.yaml"
 
 # What this run changes against the paper defaults, at the start of every log; the whole
 # effective config is written to <results_dir>/config.yaml (rule effective_config).
@@ -88,6 +93,16 @@ logger.info(
 )
 VARIANTS = list(config["cam"]["variants"])
 SEG_VARIANT = config["seg"]["variant"]
+# Variants with a CAM network of their own (source trained); the others (clip_es) have none.
+NETWORK_VARIANTS = [
+    v for v in VARIANTS if CAM_SOURCES[variant_settings(config, v)["source"]].network
+]
+# Variants whose CAMs POLE's selection masks, each once: baseline -> prompts/selected.json.
+SELECT_FROM = list(
+    dict.fromkeys(
+        s for s in (variant_settings(config, v)["select_from"] for v in VARIANTS) if s is not None
+    )
+)
 WORLD = config["data"]["source"] == "world"
 MINI_CLIP = config["clip"]["source"] == "mini"
 
@@ -164,6 +179,14 @@ if _unknown:
 # segmenter and export; the score rules (eval_*, figures) leave the DAG.
 SCORED = WORLD or has_ground_truth(config["data"]["source"], config["data"]["root"])
 
+# The oracle variant selects its tokens on the ground-truth masks: without them it cannot run.
+for _name in VARIANTS:
+    if config["cam"]["variants"][_name]["prompts"] == "oracle" and not SCORED:
+        raise WorkflowError(
+            f"config: cam.variants.{_name}.prompts = 'oracle' selects tokens on ground-truth "
+            f"masks, and {config['data']['root']} has none (masks/)"
+        )
+
 scattergather:
     cams=config["cams"]["shards"],
     crf=config["crf"]["shards"],
@@ -195,16 +218,31 @@ def cam_init_input():
     return [f"{R}/cam_net/init.pt"] if config["cam"]["pretrain"]["epochs"] > 0 else []
 
 
+def source_variants(source):
+    """A wildcard pattern of the variants of one CAM source (pole_core/cam/sources.py), so the
+    rules that write cams/{variant}/shard_*.h5 never compete for a file; none matches nothing."""
+    names = [v for v in VARIANTS if variant_settings(config, v)["source"] == source]
+    return "|".join(re.escape(v) for v in names) or "(?!)"
+
+
 def affinity_backbone_input(wildcards):
-    """What the boundary network reads: its own ImageNet ResNet-50 file, or the CAM network."""
+    """What the boundary network reads: its own ImageNet ResNet-50 file, or the CAM network.
+    A variant without a CAM network (source clip_es) reads the baseline's."""
     if config["affinity"]["backbone"] == "cam_net":
-        return [f"{R}/cam_net/{wildcards.variant}/model.pt"]
+        own = wildcards.variant in NETWORK_VARIANTS
+        return [f"{R}/cam_net/{wildcards.variant if own else 'baseline'}/model.pt"]
     return [config["affinity"]["weights"]]
 
 
 def prompts_input(wildcards):
-    if variant_settings(config, wildcards.variant)["prompts"] == "selected":
-        return [f"{R}/prompts/selected.json"]
+    """The per-image token file of a variant: POLE's selection (from the CAMs of its
+    select_from variant), or the oracle's (on ground truth)."""
+    settings = variant_settings(config, wildcards.variant)
+    prompts = settings["prompts"]
+    if prompts == "selected":
+        return [f"{R}/prompts/{selection_file(settings['select_from'])}"]
+    if prompts == "oracle":
+        return [f"{R}/prompts/oracle.json"]
     return []
 
 
@@ -248,21 +286,37 @@ def final_outputs():
         f"{R}/seg/model.pt",
     ]
     for v in VARIANTS:
-        out += [f"{R}/cam_net/{v}/model.pt", f"{R}/cams/{v}.h5", f"{R}/pseudo_masks/{v}"]
+        out += [f"{R}/cams/{v}.h5", f"{R}/pseudo_masks/{v}"]
+    out += [f"{R}/cam_net/{v}/model.pt" for v in NETWORK_VARIANTS]
     if SCORED:
         out.append(f"{R}/figures/overlays.png")
     if MINI_CLIP and WORLD:
-        out.append(f"{R}/eval/clip_zeroshot.json")
+        out += [f"{R}/eval/clip_zeroshot.json", f"{R}/eval/probe.md"]
     return out
 
 
-rule effective_config:
-    """The config this run used (schema defaults + config files + --config), as YAML."""
-    output:
-        f"{R}/config.yaml",
-    params:
-        config=dict(config),
-    log:
-        "logs/effective_config.log",
-    script:
-        "../scripts/effective_config.py"
+def sbd_input():
+    """The train_aug folder built from SBD when data.sbd_root is set, else nothing."""
+    return [f"{R}/sbd"] if config["data"].get("sbd_root") is not None else []
+
+
+# Stage B (prompts.smk): prompts.source file takes the choices from a released selection
+# file, so neither the baseline CAMs nor CLIP are inputs.
+PROMPTS_FROM_FILE = config["prompts"]["source"] == "file"
+if PROMPTS_FROM_FILE and not config["prompts"]["file"]:
+    raise WorkflowError("config: prompts.source is 'file' but prompts.file is not set")
+
+
+def selection_origin(wildcards):
+    """The variant whose CAMs a selection masks: baseline for prompts/selected.json, else the
+    <from> of prompts/selected_<from>.json (cam.variants.<name>.select_from)."""
+    return wildcards.origin[1:] if wildcards.origin else "baseline"
+
+
+def selection_from_file(wildcards):
+    """prompts.source file replaces only the selection from the baseline CAMs."""
+    return PROMPTS_FROM_FILE and selection_origin(wildcards) == "baseline"
+
+
+# "" (baseline) or "_<variant>" for every other select_from variant
+SELECTION_ORIGINS = "(?:" + "|".join([""] + [f"_{re.escape(v)}" for v in SELECT_FROM if v != "baseline"]) + ")"

@@ -2,6 +2,8 @@
 
 
 rule world:
+    conda:
+        CONDA_ENV
     output:
         directory(f"{R}/data"),
     params:
@@ -11,7 +13,7 @@ rule world:
     log:
         "logs/world/world.log",
     benchmark:
-        "benchmarks/world/world.tsv"
+        f"{R}/benchmarks/world/world.tsv"
     script:
         "../scripts/world.py"
 
@@ -29,12 +31,9 @@ if SBD_ROOT is not None:
         raise WorkflowError(f"{SBD_ROOT}: SBD root not found (config data.sbd_root)")
 
 
-def sbd_input():
-    """The train_aug folder built from SBD when data.sbd_root is set, else nothing."""
-    return [f"{R}/sbd"] if SBD_ROOT is not None else []
-
-
 rule sbd_train_aug:
+    conda:
+        CONDA_ENV
     output:
         directory(f"{R}/sbd"),
     params:
@@ -44,6 +43,6 @@ rule sbd_train_aug:
     log:
         "logs/sbd/sbd_train_aug.log",
     benchmark:
-        "benchmarks/sbd/sbd_train_aug.tsv"
+        f"{R}/benchmarks/sbd/sbd_train_aug.tsv"
     script:
         "../scripts/sbd_train_aug.py"

@@ -2,6 +2,8 @@
 
 
 rule crf:
+    conda:
+        CONDA_ENV
     input:
         data=data_root(),
         aug=sbd_input(),
@@ -19,12 +21,14 @@ rule crf:
     log:
         "logs/crf/{variant}_{scatteritem}.log",
     benchmark:
-        "benchmarks/crf/{variant}_{scatteritem}.tsv"
+        f"{R}/benchmarks/crf/{{variant}}_{{scatteritem}}.tsv"
     script:
         "../scripts/crf.py"
 
 
 rule eval_crf:
+    conda:
+        CONDA_ENV
     input:
         data=data_root(),
         aug=sbd_input(),
@@ -42,6 +46,8 @@ rule eval_crf:
 
 
 rule train_affinity:
+    conda:
+        CONDA_ENV
     input:
         data=data_root(),
         aug=sbd_input(),
@@ -63,12 +69,14 @@ rule train_affinity:
     log:
         "logs/train_affinity/{variant}.log",
     benchmark:
-        "benchmarks/train_affinity/{variant}.tsv"
+        f"{R}/benchmarks/train_affinity/{{variant}}.tsv"
     script:
         "../scripts/train_affinity.py"
 
 
 rule random_walk:
+    conda:
+        CONDA_ENV
     input:
         data=data_root(),
         aug=sbd_input(),
@@ -90,12 +98,14 @@ rule random_walk:
     log:
         "logs/random_walk/{variant}_{scatteritem}.log",
     benchmark:
-        "benchmarks/random_walk/{variant}_{scatteritem}.tsv"
+        f"{R}/benchmarks/random_walk/{{variant}}_{{scatteritem}}.tsv"
     script:
         "../scripts/random_walk.py"
 
 
 rule pseudo_masks:
+    conda:
+        CONDA_ENV
     input:
         shards=gather.rw(f"{R}/rw/{{{{variant}}}}/shard_{{scatteritem}}"),
     output:
@@ -107,6 +117,8 @@ rule pseudo_masks:
 
 
 rule eval_pseudo:
+    conda:
+        CONDA_ENV
     input:
         data=data_root(),
         aug=sbd_input(),
@@ -128,6 +140,8 @@ rule eval_pseudo:
 
 
 rule export:
+    conda:
+        CONDA_ENV
     input:
         data=data_root(),
         aug=sbd_input(),

@@ -2,6 +2,8 @@
 
 
 rule summary:
+    conda:
+        CONDA_ENV
     input:
         evals=expand(f"{R}/eval/{{stage}}_{{variant}}.json", stage=["cam", "crf", "pseudo"], variant=VARIANTS)
         + [f"{R}/eval/seg_val.json"]
@@ -12,11 +14,12 @@ rule summary:
         json=f"{R}/summary.json",
         md=report(f"{R}/summary.md", caption="../report/summary.rst", category="Summary"),
     params:
-        eval_dir=f"{R}/eval",
+        eval_dir=lambda wildcards, output: str(Path(output.json).parent / "eval"),
         unscored=None
         if SCORED
         else f"{config['data']['root']} has no ground-truth masks (masks/): the score stages did not run",
-        benchmarks_dir="benchmarks",
+        benchmarks_dir=f"{R}/benchmarks",
+        variants=VARIANTS,
         code=code_version("report"),
     log:
         "logs/summary/summary.log",
@@ -25,6 +28,8 @@ rule summary:
 
 
 rule figures:
+    conda:
+        CONDA_ENV
     input:
         data=data_root(),
         aug=sbd_input(),
@@ -49,3 +54,17 @@ rule figures:
         "logs/figures/figures.log",
     script:
         "../scripts/figures.py"
+
+
+rule effective_config:
+    """The config this run used (schema defaults + config files + --config), as YAML."""
+    conda:
+        CONDA_ENV
+    output:
+        f"{R}/config.yaml",
+    params:
+        config=dict(config),
+    log:
+        "logs/effective_config.log",
+    script:
+        "../scripts/effective_config.py"

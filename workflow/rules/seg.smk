@@ -2,6 +2,8 @@
 
 
 rule train_seg:
+    conda:
+        CONDA_ENV
     input:
         data=data_root(),
         aug=sbd_input(),
@@ -22,12 +24,14 @@ rule train_seg:
     log:
         "logs/train_seg/train_seg.log",
     benchmark:
-        "benchmarks/train_seg/train_seg.tsv"
+        f"{R}/benchmarks/train_seg/train_seg.tsv"
     script:
         "../scripts/train_seg.py"
 
 
 rule eval_seg:
+    conda:
+        CONDA_ENV
     input:
         data=data_root(),
         aug=sbd_input(),
@@ -45,13 +49,13 @@ rule eval_seg:
         split=config["data"]["val_split"],
         max_images=config["data"]["max_images"],
         device=config["device"],
-        code=code_version("seg", "refine", "data"),
+        code=code_version("seg", "refine", "cam", "data"),
     threads: workflow.cores
     resources:
         gpu=GPU,
     log:
         "logs/eval_seg/eval_seg.log",
     benchmark:
-        "benchmarks/eval_seg/eval_seg.tsv"
+        f"{R}/benchmarks/eval_seg/eval_seg.tsv"
     script:
         "../scripts/eval_seg.py"

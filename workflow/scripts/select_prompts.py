@@ -1,11 +1,13 @@
-"""Rule select_prompts: POLE's per-image choice of each class's token, from the baseline CAMs
-(prompts.source cam) or read from a released selection file (prompts.source file)."""
+"""Rules select_prompts and select_prompts_oracle: POLE's per-image choice of each class's
+token, from the CAMs of a variant (baseline, or select_from), read from a released selection file
+(prompts.source file), or, for the oracle variant (params mask_source gt), from the
+ground-truth masks: the same selection with the object's true extent."""
 
 from _common import candidates, clip_bundle, dataset, ids, run
 
 from pole_core.io.atomic import write_json
 from pole_core.prompts.from_file import selections_from_file
-from pole_core.prompts.select import select_prompts
+from pole_core.prompts.select import gt_masks, select_prompts, select_prompts_from_masks
 
 
 def main(log):
@@ -13,7 +15,20 @@ def main(log):
     ds = dataset(snakemake)
     train_ids = ids(ds, snakemake.params.split, snakemake.params.max_images)
     cands = candidates(p, ds.bank)
-    if p["source"] == "file":
+    if snakemake.params.mask_source == "gt":
+        selected, histogram = select_prompts_from_masks(
+            ds,
+            train_ids,
+            gt_masks(ds),
+            clip_bundle(snakemake),
+            cands,
+            template=p["template"],
+            batch_size=p["batch_size"],
+            preprocess=p["preprocess"],
+            source_name="ground truth",
+        )
+        log.info("oracle: tokens selected on the ground-truth masks of %d images", len(selected))
+    elif snakemake.params.from_file:  # prompts.source file, selection from baseline only
         if not p["file"]:
             raise ValueError("config: prompts.source is 'file' but prompts.file is not set")
         split = snakemake.params.split

@@ -13,6 +13,7 @@ def main(log):
         snakemake.output.json,
         snakemake.output.md,
         unscored=snakemake.params.unscored,
+        variants=snakemake.params.variants,
     )
     log.info("summary: %s", summary["miou"])
 
