@@ -11,8 +11,8 @@ from torch import nn
 
 from pole_core.io.png import write_mask
 from pole_core.refine.affinity import (
-    BoundaryNet,
     AffinityTrainParams,
+    BoundaryNet,
     FeatureExtractor,
     affinity_from_boundary,
     affinity_labels,

@@ -35,7 +35,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-
 class ResNet50Backbone(nn.Module):
     """torchvision ResNet-50 without avgpool/fc; parameter names match torchvision's.
 

@@ -5,7 +5,7 @@ from pathlib import Path
 from _common import augmented_items, boundary_features, dataset, device, find_in_shards, ids, run
 
 from pole_core.io.png import read_mask
-from pole_core.refine.affinity import BoundaryNet, AffinityTrainParams, train_affinity
+from pole_core.refine.affinity import AffinityTrainParams, BoundaryNet, train_affinity
 
 
 def main(log):
