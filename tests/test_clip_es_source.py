@@ -26,7 +26,7 @@ from pole_core.clip import WordTokenizer, build_mini_clip, load_clip
 from pole_core.clip.mini import full_model_cfg
 from pole_core.data.coco import COCO_CLASSES
 from pole_core.data.voc import VOC_CLASSES, VOCDataset
-from pole_core.data.world import WORLD_SYNONYMS, build_vocab, generate_world
+from pole_core.demo.world import WORLD_SYNONYMS, build_vocab, generate_world
 from pole_core.io.checkpoint import save_checkpoint
 
 TINY = {

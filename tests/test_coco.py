@@ -24,7 +24,7 @@ from pole_core.data.coco import (
     CocoDataset,
 )
 from pole_core.data.voc import DataError, VOCDataset
-from pole_core.data.world import WORLD_CLASSES, generate_world
+from pole_core.demo.world import WORLD_CLASSES, generate_world
 from pole_core.io.png import read_mask
 
 TRAIN_ANN = "annotations/instances_train2014.json"

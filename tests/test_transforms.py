@@ -18,7 +18,7 @@ from pole_core.data.transforms import (
     to_tensor,
 )
 from pole_core.data.voc import VOCDataset
-from pole_core.data.world import generate_world
+from pole_core.demo.world import generate_world
 
 
 @pytest.fixture(scope="module")

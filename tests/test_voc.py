@@ -17,7 +17,7 @@ from pole_core.data.voc import (
     VOCDataset,
     load_classes,
 )
-from pole_core.data.world import WORLD_CLASSES, generate_world
+from pole_core.demo.world import WORLD_CLASSES, generate_world
 from pole_core.io.png import write_mask
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pole_core.data.world import (
+from pole_core.demo.world import (
     DEFAULT_NAME_RATE,
     DEFAULT_POLYSEMY,
     PROMPT_TEMPLATES,
@@ -234,7 +234,7 @@ def test_impossible_min_pixels_is_a_clear_error():
 
 
 def test_corpus_has_object_only_and_empty_scenes():
-    from pole_core.data.world import BACKGROUNDS, PLAIN_FILL, make_corpus_pair
+    from pole_core.demo.world import BACKGROUNDS, PLAIN_FILL, make_corpus_pair
 
     rng = np.random.default_rng(5)
     spec = make_spec(image_size=64)

@@ -148,7 +148,7 @@ if not WORLD:
 def class_names():
     """The dataset's class names, known before anything runs (the world's follow from its size)."""
     if WORLD:
-        from pole_core.data.world import WORLD_CLASSES
+        from pole_core.demo.world import WORLD_CLASSES
 
         return list(WORLD_CLASSES[: config["world"]["n_classes"]])
     return list(_dataset().class_names)

@@ -9,7 +9,7 @@ rule world:
     params:
         world=config["world"],
         seed=config["seed"],
-        code=code_version("data"),
+        code=code_version("demo"),
     log:
         "logs/world/world.log",
     benchmark:

@@ -2,7 +2,7 @@
 
 from _common import run
 
-from pole_core.data.world import generate_world
+from pole_core.demo.world import generate_world
 from pole_core.io.atomic import atomic_dir, write_json
 
 
