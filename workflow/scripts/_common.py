@@ -104,18 +104,18 @@ def clip_bundle(snakemake):
     """The frozen CLIP of the run: the in-pipeline mini-CLIP or an open_clip model."""
     from pole_core.clip.bundle import load_clip
 
-    c = snakemake.params.clip
+    clip_cfg = snakemake.params.clip
     dev = device(snakemake)
-    if c["source"] == "mini":
+    if clip_cfg["source"] == "mini":
         return load_clip("mini", checkpoint=snakemake.input.clip[0], device=dev)
     return load_clip(
         "open_clip",
-        model=c["model"],
-        pretrained=c["pretrained"],
-        checkpoint=c["checkpoint"],
-        input_size=c["input_size"],
+        model=clip_cfg["model"],
+        pretrained=clip_cfg["pretrained"],
+        checkpoint=clip_cfg["checkpoint"],
+        input_size=clip_cfg["input_size"],
         device=dev,
-        quick_gelu=c.get("quick_gelu"),
+        quick_gelu=clip_cfg.get("quick_gelu"),
     )
 
 

@@ -9,7 +9,7 @@ from pole_core.io.checkpoint import file_hash
 
 
 def main(log):
-    c = snakemake.params.clip_es
+    clip_es_cfg = snakemake.params.clip_es
     ds = dataset(snakemake)
     shard, n = shard_index(snakemake.wildcards.scatteritem)
     my_ids = shard_ids(
@@ -20,8 +20,8 @@ def main(log):
         bank.names,
         bank.prompts,
         bank.bg_words,
-        class_prompts=c["class_prompts"],
-        bg_prompts=c["bg_prompts"],
+        class_prompts=clip_es_cfg["class_prompts"],
+        bg_prompts=clip_es_cfg["bg_prompts"],
     )
     image_prompts = None
     if snakemake.input.prompts:  # prompts selected (POLE) or oracle: per-image tokens
@@ -35,7 +35,7 @@ def main(log):
         len(my_ids),
         snakemake.params.prompts,
         text.origin,
-        c["template"],
+        clip_es_cfg["template"],
         len(text.bg_prompts),
     )
     stats = extract_clip_es_cams(
@@ -47,16 +47,16 @@ def main(log):
         mean=bundle.mean,
         std=bundle.std,
         text=text,
-        template=c["template"],
+        template=clip_es_cfg["template"],
         image_prompts=image_prompts,
-        scales=tuple(c["scales"]),
-        flip=c["flip"],
-        use_caa=c["caa"],
-        box_threshold=c["box_threshold"],
-        attn_layers=c["attn_layers"],
-        sinkhorn_iters=c["sinkhorn_iters"],
-        affinity_power=c["affinity_power"],
-        pooling=c["pooling"],
+        scales=tuple(clip_es_cfg["scales"]),
+        flip=clip_es_cfg["flip"],
+        use_caa=clip_es_cfg["caa"],
+        box_threshold=clip_es_cfg["box_threshold"],
+        attn_layers=clip_es_cfg["attn_layers"],
+        sinkhorn_iters=clip_es_cfg["sinkhorn_iters"],
+        affinity_power=clip_es_cfg["affinity_power"],
+        pooling=clip_es_cfg["pooling"],
         attrs={
             "source": file_hash(snakemake.input.clip[0]) if snakemake.input.clip else bundle.name
         },

@@ -14,10 +14,12 @@ from pole_core.seg.train import load_seg_net
 
 
 def main(log):
-    p = snakemake.params
+    params = snakemake.params
     ds = dataset(snakemake)
-    shown = ids(ds, p.split, p.max_images)[: p.n_images]
-    cams = {v: open_cams(path) for v, path in zip(p.variants, snakemake.input.cams, strict=True)}
+    shown = ids(ds, params.split, params.max_images)[: params.n_images]
+    cams = {
+        v: open_cams(path) for v, path in zip(params.variants, snakemake.input.cams, strict=True)
+    }
     seg = load_seg_net(snakemake.input.seg_model, "cpu")
     masks = Path(snakemake.input.masks)
 
@@ -29,14 +31,14 @@ def main(log):
         return heat
 
     columns = {"ground truth": ds.mask}
-    for v in p.variants:
+    for v in params.variants:
         columns[f"{v} CAM"] = cam_column(v)
-    columns[f"{p.seg_variant} pseudo-mask"] = lambda i: read_mask(masks / f"{i}.png")
+    columns[f"{params.seg_variant} pseudo-mask"] = lambda i: read_mask(masks / f"{i}.png")
     columns["segmenter"] = lambda i: predict(seg, ds.image(i)).argmax(0).astype(np.uint8)
-    overlay_grid(ds, shown, columns, snakemake.output.overlays, n=p.n_images)
+    overlay_grid(ds, shown, columns, snakemake.output.overlays, n=params.n_images)
     curves = {
         v: read_json(path)["curve"]
-        for v, path in zip(p.variants, snakemake.input.evals, strict=True)
+        for v, path in zip(params.variants, snakemake.input.evals, strict=True)
     }
     threshold_curve(curves, snakemake.output.curve)
     bank = ds.bank

@@ -11,10 +11,10 @@ from pole_core.prompts.select import gt_masks, select_prompts, select_prompts_fr
 
 
 def main(log):
-    p = snakemake.params.prompts
+    prompts_cfg = snakemake.params.prompts
     ds = dataset(snakemake)
     train_ids = ids(ds, snakemake.params.split, snakemake.params.max_images)
-    cands = candidates(p, ds.bank)
+    cands = candidates(prompts_cfg, ds.bank)
     if snakemake.params.mask_source == "gt":
         selected, histogram = select_prompts_from_masks(
             ds,
@@ -22,14 +22,14 @@ def main(log):
             gt_masks(ds),
             clip_bundle(snakemake),
             cands,
-            template=p["template"],
-            batch_size=p["batch_size"],
-            preprocess=p["preprocess"],
+            template=prompts_cfg["template"],
+            batch_size=prompts_cfg["batch_size"],
+            preprocess=prompts_cfg["preprocess"],
             source_name="ground truth",
         )
         log.info("oracle: tokens selected on the ground-truth masks of %d images", len(selected))
     elif snakemake.params.from_file:  # prompts.source file, selection from baseline only
-        if not p["file"]:
+        if not prompts_cfg["file"]:
             raise ValueError("config: prompts.source is 'file' but prompts.file is not set")
         split = snakemake.params.split
         selected, histogram = selections_from_file(
@@ -38,7 +38,7 @@ def main(log):
             train_ids,
             ds.ids(split),
             cands,
-            template=p["template"],
+            template=prompts_cfg["template"],
             split=split,
         )
         log.info("read the selections of %d images from %s", len(selected), snakemake.input.file)
@@ -49,9 +49,9 @@ def main(log):
             snakemake.input.cams,
             clip_bundle(snakemake),
             cands,
-            template=p["template"],
-            batch_size=p["batch_size"],
-            preprocess=p["preprocess"],
+            template=prompts_cfg["template"],
+            batch_size=prompts_cfg["batch_size"],
+            preprocess=prompts_cfg["preprocess"],
         )
     write_json(snakemake.output.selected, selected)
     write_json(snakemake.output.histogram, histogram)
