@@ -124,6 +124,22 @@ def _nan_to_none(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
+def _checked_labels(
+    caller: str,
+    labels: np.ndarray,
+    class_prompts: list[str],
+    class_names: list[str] | None,
+) -> np.ndarray:
+    """Labels as an N×C bool array whose C matches the prompts (and names, when given)."""
+    labels = np.asarray(labels).astype(bool)
+    c = labels.shape[1]
+    if c != len(class_prompts):
+        raise ValueError(f"{caller}: labels have {c} classes but {len(class_prompts)} prompts")
+    if class_names is not None and len(class_names) != c:
+        raise ValueError(f"{caller}: class_names and class_prompts differ in length")
+    return labels
+
+
 def zeroshot_eval(
     bundle: ClipBundle,
     images: ImageSource,
@@ -147,12 +163,8 @@ def zeroshot_eval(
     "ap" {token: AP}, "name_ap", "best_synonym", "best_synonym_ap",
     "mean_synonym_ap", "best_token"}}.
     """
-    labels = np.asarray(labels).astype(bool)
+    labels = _checked_labels("zeroshot_eval", labels, class_prompts, class_names)
     n, c = labels.shape
-    if c != len(class_prompts):
-        raise ValueError(f"zeroshot_eval: labels have {c} classes but {len(class_prompts)} prompts")
-    if class_names is not None and len(class_names) != c:
-        raise ValueError("zeroshot_eval: class_names and class_prompts differ in length")
     if not callable(images) and len(images) != n:
         raise ValueError(f"zeroshot_eval: {len(images)} images but {n} label rows")
     synonyms = synonyms or {}
@@ -320,12 +332,8 @@ def world_probe(
     "per_class" {prompt: {"n_images", "margin" {token: {"gt", "cam_like"}},
     "name_minus_best_synonym" {kind}, "best_synonym" {kind}}}}`` (NaN -> None).
     """
-    labels = np.asarray(labels).astype(bool)
-    n, c = labels.shape
-    if c != len(class_prompts):
-        raise ValueError(f"world_probe: labels have {c} classes but {len(class_prompts)} prompts")
-    if class_names is not None and len(class_names) != c:
-        raise ValueError("world_probe: class_names and class_prompts differ in length")
+    labels = _checked_labels("world_probe", labels, class_prompts, class_names)
+    c = labels.shape[1]
     synonyms = synonyms or {}
     cand = [
         _candidates(prompt, class_names[ci] if class_names else None, synonyms)[0]
