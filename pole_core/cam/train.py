@@ -40,7 +40,9 @@ class CamTrainParams:
     """Hyper-parameters of the CAM stage; the defaults are the released POLE recipe.
 
     ``loss_weights``: ``{otm, btm, cbs, reg}`` (CLIMS 10/24/1/0.2; POLE 10/25/1/0).
-    ``head_lr``: head (and adapter) learning rate; None = 10 × lr (CLIMS).
+    ``head_lr``: head learning rate; None = 10 × lr (CLIMS).
+    ``adapter_lr``: adapter learning rate; None = ``head_lr``. The released POLE code
+    sets it as a factor × lr, with the factor not released.
     ``momentum``: IRNet/CLIMS's PolyOptimizer passes weight decay into SGD's momentum
     slot, so their effective momentum is 1e-4, i.e. none.
     ``cls_weight``: optional multi-label soft-margin loss on the GAP logits (not in the
@@ -60,6 +62,7 @@ class CamTrainParams:
     adapters: bool = True
     adapter_ratio: float = 0.2
     adapter_reduction: int = 4
+    adapter_lr: float | None = None
     cbs_thresh: float = 0.26
     cbs_reduction: str = "sum"
     clamp: tuple[float, float] = (1e-4, 0.9999)
@@ -173,7 +176,7 @@ def train_cam(
         groups.append(
             {
                 "params": list(adapter_mods.parameters()),
-                "lr": head_lr,
+                "lr": head_lr if p.adapter_lr is None else float(p.adapter_lr),
                 "weight_decay": float(p.weight_decay),
                 "name": "adapters",
             }

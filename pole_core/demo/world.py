@@ -148,6 +148,9 @@ class WorldSpec:
     polysemy: Mapping[str, tuple[str, float]] = field(
         default_factory=lambda: dict(DEFAULT_POLYSEMY)
     )
+    cooccurrence: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(BACKGROUND_CLASSES)
+    )
 
     @property
     def backgrounds(self) -> tuple[str, ...]:
@@ -155,7 +158,7 @@ class WorldSpec:
         return tuple(b for b in BACKGROUNDS if self.bg_classes(b))
 
     def bg_classes(self, bg: str) -> tuple[str, ...]:
-        return tuple(c for c in BACKGROUND_CLASSES[bg] if c in self.classes)
+        return tuple(c for c in self.cooccurrence[bg] if c in self.classes)
 
 
 def make_spec(
@@ -166,6 +169,7 @@ def make_spec(
     max_objects: int = 3,
     name_rate: Mapping[str, float] | None = None,
     polysemy: Mapping[str, object] | None = None,
+    cooccurrence: Mapping[str, Sequence[str]] | None = None,
 ) -> WorldSpec:
     """Check and resolve world parameters.
 
@@ -174,6 +178,8 @@ def make_spec(
     0 turns it off for that class). A polysemy value is a rate (for the background of the
     default design, else the class's first co-occurring background), a
     ``(background, rate)`` pair or ``{"background": ..., "rate": ...}``.
+    ``cooccurrence`` replaces, per background, the classes drawn on it
+    (:data:`BACKGROUND_CLASSES`).
     """
     if not 1 <= n_classes <= len(WORLD_CLASSES):
         raise ValueError(f"n_classes must be in 1..{len(WORLD_CLASSES)}, got {n_classes}")
@@ -191,6 +197,14 @@ def make_spec(
         if not 0.0 <= float(r) <= 1.0:
             raise ValueError(f"name_rate[{c!r}] must lie in [0, 1], got {r}")
         rates[c] = float(r)
+    cooc = dict(BACKGROUND_CLASSES)
+    for b, cs in (cooccurrence or {}).items():
+        if b not in BACKGROUNDS:
+            raise ValueError(f"cooccurrence: unknown background {b!r}")
+        unknown = [c for c in cs if c not in WORLD_CLASSES]
+        if unknown or not cs:
+            raise ValueError(f"cooccurrence[{b!r}]: unknown classes {unknown} or empty list")
+        cooc[b] = tuple(str(c) for c in cs)
     poly: dict[str, tuple[str, float]] = dict(DEFAULT_POLYSEMY)
     for c, v in (polysemy or {}).items():
         if c not in WORLD_CLASSES:
@@ -201,7 +215,7 @@ def make_spec(
             bg, rate = str(v[0]), float(v[1])
         else:
             bg = DEFAULT_POLYSEMY.get(c, (None, 0.0))[0] or next(
-                b for b in BACKGROUNDS if c in BACKGROUND_CLASSES[b]
+                b for b in BACKGROUNDS if c in cooc[b]
             )
             rate = float(v)  # type: ignore[arg-type]
         if bg not in BACKGROUNDS and (bg not in WORLD_CLASSES or bg == c):
@@ -216,6 +230,7 @@ def make_spec(
         max_objects=int(max_objects),
         name_rate={c: rates[c] for c in classes},
         polysemy={c: poly[c] for c in classes if c in poly and poly[c][1] > 0},
+        cooccurrence=cooc,
     )
 
 
@@ -810,13 +825,15 @@ def generate_world(
     max_objects: int = 3,
     name_rate: dict | None = None,
     polysemy: dict | None = None,
+    cooccurrence: dict | None = None,
     jpeg_quality: int = 95,
     progress: bool = True,
 ) -> dict:
     """Write the demo world under ``root`` in VOC layout plus ``clip_corpus/``; return a summary.
 
     Byte-identical output for the same arguments (fixed JPEG/PNG settings, sorted order,
-    per-image generators). See :func:`make_spec` for ``name_rate`` / ``polysemy``.
+    per-image generators). See :func:`make_spec` for ``name_rate``, ``polysemy`` and
+    ``cooccurrence``.
     """
     if min(n_train, n_val) < 1 or n_clip < 0:
         raise ValueError("n_train and n_val must be >= 1, n_clip >= 0")
@@ -827,6 +844,7 @@ def generate_world(
         max_objects=max_objects,
         name_rate=name_rate,
         polysemy=polysemy,
+        cooccurrence=cooccurrence,
     )
     root = Path(root)
     jpeg_params = [int(cv2.IMWRITE_JPEG_QUALITY), int(jpeg_quality)]

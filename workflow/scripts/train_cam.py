@@ -62,6 +62,7 @@ def main(log):
         adapters=variant["adapters"],
         adapter_ratio=cam["adapter_ratio"],
         adapter_reduction=cam["adapter_reduction"],
+        adapter_lr=cam["adapter_lr"],
         cbs_thresh=cam["cbs_thresh"],
         cbs_reduction=cam["cbs_reduction"],
         clamp=tuple(cam["clamp"]),

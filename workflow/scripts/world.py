@@ -21,6 +21,7 @@ def main(log):
             max_objects=world_cfg["max_objects"],
             name_rate=world_cfg["name_rate"] or None,
             polysemy=world_cfg["polysemy"] or None,
+            cooccurrence=world_cfg["cooccurrence"] or None,
         )
         write_json(tmp / "world_summary.json", summary)
     log.info("world written to %s: %s", snakemake.output[0], summary)
