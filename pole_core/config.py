@@ -41,13 +41,23 @@ def _with_defaults(validator_cls):
     return jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
 
 
+# Config groups that were renamed so that each names its stage: old key -> new key.
+RENAMED_KEYS: dict[str, str] = {
+    "cams": "extract",
+    "random_walk.crf": "random_walk.final_crf",
+}
+
+
 def _describe(err: jsonschema.ValidationError) -> str:
     key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
     if err.validator == "additionalProperties":
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
         allowed = ", ".join(sorted(err.schema.get("properties", {}))) or "none"
         where = f"{key}." if err.absolute_path else ""
-        return f"config: unknown key {where}{extra[0]!s} (allowed here: {allowed})"
+        full = f"{where}{extra[0]!s}"
+        if full in RENAMED_KEYS:
+            return f"config: {full} is now called {RENAMED_KEYS[full]}"
+        return f"config: unknown key {full} (allowed here: {allowed})"
     if err.validator == "type":
         return f"config: {key} = {err.instance!r} is not of type {err.validator_value}"
     if err.validator == "enum":

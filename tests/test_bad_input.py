@@ -287,8 +287,8 @@ def config_unknown_key(tmp: Path):
 
 
 def config_out_of_range(tmp: Path):
-    cfg = {"cams": {"scales": [1.0, -0.5]}}
-    return lambda: validate_config(cfg), "cams.scales.1", r"is out of range"
+    cfg = {"extract": {"scales": [1.0, -0.5]}}
+    return lambda: validate_config(cfg), "extract.scales.1", r"is out of range"
 
 
 BAD_INPUTS: list[Case] = [
@@ -559,3 +559,16 @@ def test_h5py_and_pil_agree_with_the_readers_on_truncation(tmp_path):
     with pytest.raises(OSError):
         h5py.File(h5, "r")
     assert os.path.getsize(h5) > 0
+
+
+def test_stage_params_reads_fields_by_key_name_and_refuses_unknown_ones():
+    from _common import stage_params
+
+    from pole_core.seg.train import SegTrainParams
+
+    group = {"epochs": 3, "batch_size": 4, "lr": 0.5, "weight_decay": 0.0, "backbone": "mini"}
+    params = stage_params(SegTrainParams, group, seed=7)
+    assert params == SegTrainParams(epochs=3, batch_size=4, lr=0.5, weight_decay=0.0, seed=7)
+    assert params.momentum == SegTrainParams.momentum  # no key of that name: the default
+    with pytest.raises(TypeError, match="no fields"):
+        stage_params(SegTrainParams, group, seeed=7)

@@ -40,7 +40,7 @@ def test_paper_defaults_are_filled_in():
         "bg_thresh": 0.20,
         "normalize": "global",
         "shards": 4,
-        "crf": {
+        "final_crf": {
             "enabled": False,
             "gt_prob": 0.7,
             "gauss_sxy": 3,
@@ -54,7 +54,7 @@ def test_paper_defaults_are_filled_in():
     assert cfg["affinity"]["radius"] == 10 and cfg["affinity"]["lr"] == 0.1
     assert (cfg["affinity"]["stride"], cfg["affinity"]["context"]) == (4, 0)
     assert cfg["affinity"]["image_level"] is False
-    assert cfg["cams"]["scales"] == [1.0, 0.5, 1.5, 2.0]
+    assert cfg["extract"]["scales"] == [1.0, 0.5, 1.5, 2.0]
     assert cfg["cam"]["adapter_ratio"] == 0.2 and cfg["cam"]["cbs_thresh"] == 0.26
     assert cfg["cam"]["bg_words"] == []  # the dataset's own: VOC's bank has CLIMS's list
     from pole_core.data.voc import VOC_BG_WORDS
@@ -99,6 +99,8 @@ def test_paper_defaults_and_config_diff():
         ({"crf": {"fg_thresh": 1.5}}, "crf.fg_thresh = 1.5 is out of range"),
         ({"device": "gpu"}, "device"),
         ({"seg": {"variant": "nope"}}, "seg.variant = 'nope'"),
+        ({"cams": {"shards": 2}}, "cams is now called extract"),
+        ({"random_walk": {"crf": {}}}, "random_walk.crf is now called random_walk.final_crf"),
     ],
 )
 def test_bad_config_names_the_key(bad, expected):

@@ -30,9 +30,9 @@ PAPER = CRFParams()
 KEY0 = np.array([0])  # one class, key 0: labels 0 (background) and 1
 
 
-@pytest.mark.parametrize("group", [("crf",), ("random_walk", "crf")])
+@pytest.mark.parametrize("group", [("crf",), ("random_walk", "final_crf")])
 def test_crf_params_defaults_are_the_schema_defaults(group):
-    """CRFParams() is what crf.* and random_walk.crf.* default to (the schema is the source)."""
+    """CRFParams() is what crf.* and random_walk.final_crf.* default to (the schema is the source)."""
     node = yaml.safe_load(SCHEMA.read_text())
     for key in group:
         node = node["properties"][key]

@@ -49,7 +49,7 @@ OVERRIDES = {
             "clip_es": {"source": "clip_es", "prompts": "names"},
         },
     },
-    "cams": {"shards": 2, "batch_size": 2},
+    "extract": {"shards": 2, "batch_size": 2},
     "crf": {"shards": 2},
     "affinity": {"epochs": 1, "batch_size": 4},
     "random_walk": {"shards": 2},

@@ -1,7 +1,7 @@
 """The real DAG on config/smoke.yaml: it runs end to end, and a change reruns only what it affects.
 
-The rerun table (`RERUN_CASES`) is the source of the table in README.md ("What a change
-reruns"); `test_readme_rerun_table_matches_the_tests` keeps the two in step.
+The rerun table (`RERUN_CASES`) is the source of the table in docs/ARCHITECTURE.md ("What a
+change reruns"); `test_rerun_table_matches_the_tests` keeps the two in step.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from workflow_utils import REPO, planned_jobs, snakemake
 
-# Every rule of the DAG, in pipeline order (the order of the README table).
+# Every rule of the DAG, in pipeline order (the order of the rerun table).
 STAGES = [
     "effective_config",
     "world",
@@ -223,7 +223,7 @@ def _fmt_jobs(jobs: dict[str, int], total: dict[str, int]) -> str:
 
 
 def rerun_table_markdown() -> str:
-    """The README table of what a change reruns, rendered from the cases tested above."""
+    """The table of what a change reruns, rendered from the cases tested above."""
     lines = [
         "| change | rules that run again | rules that stay cached |",
         "|---|---|---|",
@@ -242,11 +242,12 @@ def rerun_table_markdown() -> str:
     return "\n".join(lines)
 
 
-def test_readme_rerun_table_matches_the_tests():
-    readme = (REPO / "README.md").read_text()
+def test_rerun_table_matches_the_tests():
+    doc = (REPO / "docs" / "ARCHITECTURE.md").read_text()
     table = rerun_table_markdown()
-    assert table in readme, (
-        "README.md's rerun table differs from tests/test_workflow.py; paste this:\n" + table
+    assert table in doc, (
+        "docs/ARCHITECTURE.md's rerun table differs from tests/test_workflow.py; paste this:\n"
+        + table
     )
 
 

@@ -58,7 +58,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CRFParams:
-    """The dense CRF's terms; field names are the config keys of ``crf`` and ``random_walk.crf``.
+    """The dense CRF's terms; field names are the config keys of ``crf`` and ``random_walk.final_crf``.
 
     Defaults are the paper (IRNet) values, the schema defaults of those groups.
     ``gt_prob``: probability a hard label's unary gives its own class (label unaries only;

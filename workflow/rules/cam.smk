@@ -108,7 +108,7 @@ rule extract_cams:
     wildcard_constraints:
         variant=source_variants("trained"),
     params:
-        cams=config["cams"],
+        extract=config["extract"],
         splits=[config["data"]["train_split"], config["data"]["eval_split"]],
         max_images=config["data"]["max_images"],
         device=config["device"],

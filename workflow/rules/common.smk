@@ -188,7 +188,7 @@ for _name in VARIANTS:
         )
 
 scattergather:
-    cams=config["cams"]["shards"],
+    cams=config["extract"]["shards"],
     crf=config["crf"]["shards"],
     rw=config["random_walk"]["shards"],
 

@@ -7,17 +7,21 @@ of the data group.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
 from pole_core.data.voc import VOCDataset  # the interface every reader follows (data.registry)
 from pole_core.device import resolve_device
 from pole_core.io.checkpoint import seed_everything
+
+P = TypeVar("P")
 
 
 def setup(snakemake) -> logging.Logger:
@@ -193,19 +197,26 @@ def candidates(prompt_cfg: dict, bank) -> dict[str, list[str]]:
     return out
 
 
+def stage_params(cls: type[P], group: dict, **given: Any) -> P:
+    """A stage's hyper-parameter record (a dataclass) from its config group.
+
+    Every field is read from the config key of the same name, so ``grep`` follows a key
+    from config.yaml to its field; ``given`` supplies fields whose value lives elsewhere
+    (another group, the variant, the seed). A field with neither keeps the record's default.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no fields {unknown}")
+    values = {n: group[n] for n in names if n in group and n not in given}
+    return cls(**values, **given)
+
+
 def crf_params(group: dict):
-    """The CRF terms of a config group (``crf`` or ``random_walk.crf``), key for key."""
+    """The CRF terms of a config group (``crf`` or ``random_walk.final_crf``)."""
     from pole_core.refine.crf import CRFParams
 
-    return CRFParams(
-        gt_prob=group["gt_prob"],
-        gauss_sxy=group["gauss_sxy"],
-        gauss_compat=group["gauss_compat"],
-        bi_sxy=group["bi_sxy"],
-        bi_srgb=group["bi_srgb"],
-        bi_compat=group["bi_compat"],
-        iters=group["iters"],
-    )
+    return stage_params(CRFParams, group)
 
 
 def find_in_shards(shard_dirs: list[str], sub: str) -> Callable[[str], Path]:

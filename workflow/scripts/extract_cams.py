@@ -8,7 +8,7 @@ from pole_core.io.checkpoint import file_hash
 
 
 def main(log):
-    cams_cfg = snakemake.params.cams
+    extract_cfg = snakemake.params.extract
     ds = dataset(snakemake)
     all_ids = union_ids(ds, snakemake.params.splits, snakemake.params.max_images)
     shard, n = shard_index(snakemake.wildcards.scatteritem)
@@ -20,15 +20,15 @@ def main(log):
         ds,
         my_ids,
         snakemake.output[0],
-        scales=tuple(cams_cfg["scales"]),
-        flip=cams_cfg["flip"],
-        batch_size=cams_cfg["batch_size"],
-        workers=cams_cfg["workers"],
+        scales=tuple(extract_cfg["scales"]),
+        flip=extract_cfg["flip"],
+        batch_size=extract_cfg["batch_size"],
+        workers=extract_cfg["workers"],
         device=dev,
         attrs={
             "classes": list(ds.class_names),
-            "scales": list(cams_cfg["scales"]),
-            "flip": bool(cams_cfg["flip"]),
+            "scales": list(extract_cfg["scales"]),
+            "flip": bool(extract_cfg["flip"]),
             "source": file_hash(snakemake.input.model),
         },
     )

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from _common import augmented_items, dataset, device, ids, new_cam_net, run
+from _common import augmented_items, dataset, device, ids, new_cam_net, run, stage_params
 
 from pole_core.cam.pretrain import PretrainParams, pretrain_cam_classifier
 
@@ -16,11 +16,9 @@ def main(log):
     net = new_cam_net(cam, ds.n_classes)
     net.set_freeze_bn(pretrain["freeze_bn"])
     net.freeze_stages(pretrain["frozen_stages"])
-    params = PretrainParams(
-        epochs=pretrain["epochs"],
-        batch_size=pretrain["batch_size"],
-        lr=pretrain["lr"],
-        head_lr=pretrain["head_lr"],
+    params = stage_params(
+        PretrainParams,
+        pretrain,
         weight_decay=cam["weight_decay"],
         momentum=cam["momentum"],
         seed=snakemake.params.seed,

@@ -30,7 +30,7 @@ def main(log):
         radius=rw["radius"],
         bg_thresh=rw["bg_thresh"],
         normalize=rw["normalize"],
-        crf=crf_params(rw["crf"]) if rw["crf"]["enabled"] else None,
+        crf=crf_params(rw["final_crf"]) if rw["final_crf"]["enabled"] else None,
         device=dev,
     )
     log.info("shard %s: %d pseudo-masks, %s", snakemake.wildcards.scatteritem, len(my_ids), stats)

@@ -2,7 +2,16 @@
 
 from pathlib import Path
 
-from _common import augmented_items, boundary_features, dataset, device, find_in_shards, ids, run
+from _common import (
+    augmented_items,
+    boundary_features,
+    dataset,
+    device,
+    find_in_shards,
+    ids,
+    run,
+    stage_params,
+)
 
 from pole_core.io.png import read_mask
 from pole_core.refine.affinity import AffinityTrainParams, BoundaryNet, train_affinity
@@ -28,15 +37,7 @@ def main(log):
         context=affinity["context"],
         image_level=affinity["image_level"],
     )
-    params = AffinityTrainParams(
-        radius=affinity["radius"],
-        epochs=affinity["epochs"],
-        batch_size=affinity["batch_size"],
-        lr=affinity["lr"],
-        weight_decay=affinity["weight_decay"],
-        momentum=affinity["momentum"],
-        seed=snakemake.params.seed,
-    )
+    params = stage_params(AffinityTrainParams, affinity, seed=snakemake.params.seed)
     stats = train_affinity(
         net,
         items,

@@ -2,7 +2,17 @@
 
 from pathlib import Path
 
-from _common import augmented_items, bg_words, clip_bundle, dataset, device, ids, new_cam_net, run
+from _common import (
+    augmented_items,
+    bg_words,
+    clip_bundle,
+    dataset,
+    device,
+    ids,
+    new_cam_net,
+    run,
+    stage_params,
+)
 
 from pole_core.cam.train import CamTrainParams, load_cam_net, train_cam
 from pole_core.io.atomic import read_json
@@ -51,20 +61,11 @@ def main(log):
     )
     weights = dict(variant["loss_weights"])
     cls_weight = weights.pop("cls", 0.0)
-    params = CamTrainParams(
-        epochs=cam["epochs"],
-        batch_size=cam["batch_size"],
-        lr=cam["lr"],
-        head_lr=cam["head_lr"],
-        weight_decay=cam["weight_decay"],
-        momentum=cam["momentum"],
+    params = stage_params(
+        CamTrainParams,
+        cam,
         loss_weights=weights,
         adapters=variant["adapters"],
-        adapter_ratio=cam["adapter_ratio"],
-        adapter_reduction=cam["adapter_reduction"],
-        adapter_lr=cam["adapter_lr"],
-        cbs_thresh=cam["cbs_thresh"],
-        cbs_reduction=cam["cbs_reduction"],
         clamp=tuple(cam["clamp"]),
         cls_weight=cls_weight,
         seed=snakemake.params.seed,

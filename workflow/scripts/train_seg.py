@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from _common import augmented_items, dataset, device, ids, run
+from _common import augmented_items, dataset, device, ids, run, stage_params
 
 from pole_core.io.png import read_mask
 from pole_core.seg.network import build_seg_net
@@ -23,13 +23,7 @@ def main(log):
     net = build_seg_net(
         seg["backbone"], ds.n_classes + 1, weights=seg["weights"], widths=tuple(seg["widths"])
     )
-    params = SegTrainParams(
-        epochs=seg["epochs"],
-        batch_size=seg["batch_size"],
-        lr=seg["lr"],
-        weight_decay=seg["weight_decay"],
-        seed=snakemake.params.seed,
-    )
+    params = stage_params(SegTrainParams, seg, seed=snakemake.params.seed)
     stats = train_seg(
         net,
         items,
