@@ -16,7 +16,7 @@ from pole_core.io.atomic import write_json
 from pole_core.io.cam_store import open_cams, read_cam
 from pole_core.refine.crf import CRFParams, cam_to_ir_label
 
-from .synthetic import SyntheticDataset, build_demo_net
+from .synthetic import build_demo_net, synthetic_dataset
 
 # IRNet's confident-label thresholds (conf_fg_thres, conf_bg_thres); the CRF's cost does not
 # depend on them.
@@ -105,7 +105,7 @@ def bench_crf_stage(
     images as ``cam_extract``; the CRF's cost does not depend on what the CAMs show. The CRF
     has the paper's terms (``CRFParams()``), the thresholds are IRNet's.
     """
-    dataset = SyntheticDataset(n_images, image_size=image_size, seed=seed)
+    dataset = synthetic_dataset(n_images, image_size=image_size, seed=seed)
     net, net_note = build_demo_net(len(dataset.class_names), seed)
     dev = resolve_device(device)
     net = net.to(dev)

@@ -42,7 +42,7 @@ from pole_core.device import resolve_device
 from pole_core.io.atomic import write_json
 from pole_core.io.cam_store import CamWriter, open_cams
 
-from .synthetic import SyntheticDataset, build_demo_net
+from .synthetic import build_demo_net, synthetic_dataset
 
 # --------------------------------------------------------------------------- reference loop
 
@@ -147,7 +147,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
 
 def _load_dataset(data_root: str | None, split: str, n_images: int, image_size: int, seed: int):
     if data_root is None:
-        ds = SyntheticDataset(n_images, image_size=image_size, seed=seed)
+        ds = synthetic_dataset(n_images, image_size=image_size, seed=seed)
         return ds, ds.ids(), f"synthetic {image_size}x{image_size}"
     from pole_core.data.voc import VOCDataset
 

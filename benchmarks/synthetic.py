@@ -7,51 +7,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pole_core.data.memory import MemoryDataset
 
-class SyntheticDataset:
-    """In-memory images and labels with the dataset interface; reproducible from ``seed``.
+
+def synthetic_dataset(
+    n_images: int, image_size: int = 64, n_classes: int = 10, seed: int = 0
+) -> MemoryDataset:
+    """In-memory images, labels and masks with the dataset interface; reproducible from ``seed``.
 
     Smooth random blobs on noise (not pure noise, so CAMs are not all flat), 1–3 labels
     per image. Masks are random too; this is for timing, not for scores.
     """
-
-    def __init__(self, n_images: int, image_size: int = 64, n_classes: int = 10, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.class_names = [f"class{i}" for i in range(n_classes)]
-        self._ids = [f"img{i:05d}" for i in range(n_images)]
-        h = w = image_size
-        yy, xx = np.mgrid[0:h, 0:w]
-        self._images: dict[str, np.ndarray] = {}
-        self._labels: dict[str, np.ndarray] = {}
-        self._masks: dict[str, np.ndarray] = {}
-        for image_id in self._ids:
-            img = rng.normal(110, 30, (h, w, 3))
-            mask = np.zeros((h, w), np.uint8)
-            labels = np.zeros(n_classes, np.float32)
-            for k in rng.choice(n_classes, size=rng.integers(1, 4), replace=False):
-                cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(h / 8, h / 3)
-                blob = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
-                img[blob] = rng.uniform(0, 255, 3)
-                mask[blob] = k + 1
-                labels[k] = 1.0
-            self._images[image_id] = np.clip(img, 0, 255).astype(np.uint8)
-            self._labels[image_id] = labels
-            self._masks[image_id] = mask
-
-    def ids(self, split: str = "train") -> list[str]:
-        return list(self._ids)
-
-    def image(self, image_id: str) -> np.ndarray:
-        return self._images[image_id]
-
-    def labels(self, image_id: str) -> np.ndarray:
-        return self._labels[image_id]
-
-    def mask(self, image_id: str) -> np.ndarray:
-        return self._masks[image_id]
-
-    def image_size(self, image_id: str) -> tuple[int, int]:
-        return self._images[image_id].shape[:2]
+    rng = np.random.default_rng(seed)
+    h = w = image_size
+    yy, xx = np.mgrid[0:h, 0:w]
+    images, labels, masks = {}, {}, {}
+    for image_id in (f"img{i:05d}" for i in range(n_images)):
+        img = rng.normal(110, 30, (h, w, 3))
+        mask = np.zeros((h, w), np.uint8)
+        lab = np.zeros(n_classes, np.float32)
+        for k in rng.choice(n_classes, size=rng.integers(1, 4), replace=False):
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(h / 8, h / 3)
+            blob = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+            img[blob] = rng.uniform(0, 255, 3)
+            mask[blob] = k + 1
+            lab[k] = 1.0
+        images[image_id] = np.clip(img, 0, 255).astype(np.uint8)
+        labels[image_id] = lab
+        masks[image_id] = mask
+    names = [f"class{i}" for i in range(n_classes)]
+    return MemoryDataset(images, names, masks=masks, labels=labels)
 
 
 class TinyCamNet(nn.Module):

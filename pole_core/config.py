@@ -241,7 +241,7 @@ def _check_variants(config: dict[str, Any]) -> None:
 
 def variant_settings(config: dict[str, Any], variant: str) -> dict[str, Any]:
     """Resolve one CAM variant: its source, prompts (and where they are selected from),
-    adapters flag and full loss weights."""
+    adapters flag, adapter learning rate and full loss weights."""
     cam = config["cam"]
     spec = cam["variants"][variant]
     weights = dict(cam["loss_weights"])
@@ -251,6 +251,7 @@ def variant_settings(config: dict[str, Any], variant: str) -> dict[str, Any]:
         "prompts": spec["prompts"],
         "select_from": select_from(config, variant),
         "adapters": spec.get("adapters", cam["adapters"]),
+        "adapter_lr": spec.get("adapter_lr", cam["adapter_lr"]),
         "loss_weights": weights,
     }
 

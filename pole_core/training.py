@@ -317,3 +317,63 @@ __all__ = [
     "poly_schedule",
     "steps_per_epoch",
 ]
+
+
+def epoch_batches(
+    items: Dataset,
+    batch_size: int,
+    *,
+    order_seed: Callable[[int], int],
+    drop_last: bool,
+    device: torch.device,
+    workers: int = 0,
+) -> Callable[[int], DataLoader]:
+    """``batches(epoch)`` for :meth:`TrainLoop.run`: :func:`epoch_loader` with the epoch's
+    order seed ``order_seed(epoch)``."""
+    return lambda epoch: epoch_loader(
+        items,
+        batch_size,
+        epoch,
+        order_seed=order_seed(epoch),
+        drop_last=drop_last,
+        device=device,
+        workers=workers,
+    )
+
+
+def sgd_loop(
+    name: str,
+    out_path: str | os.PathLike,
+    params: Any,
+    groups: Iterable[Any],
+    *,
+    n_steps: int,
+    modules: Mapping[str, nn.Module],
+    device: torch.device,
+    fingerprint: Mapping[str, Any],
+    poly_power: float = POLY_POWER,
+    **loop_options: Any,
+) -> TrainLoop:
+    """The IRNet/CLIMS optimiser of the CAM, boundary and segmenter stages, resumed.
+
+    SGD over ``groups`` with ``params.lr``, ``params.momentum`` and ``params.weight_decay``,
+    the poly schedule over ``params.epochs × n_steps`` steps; the loop continues from a
+    partial checkpoint written with the same ``fingerprint``. ``loop_options`` go to
+    :class:`TrainLoop` (``train_modules``, ``check_finite``, ``progress``, ``log``).
+    """
+    optimizer = torch.optim.SGD(
+        groups, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay
+    )
+    loop = TrainLoop(
+        name,
+        out_path,
+        modules=modules,
+        optimizer=optimizer,
+        device=device,
+        epochs=params.epochs,
+        schedule=poly_schedule(params.epochs * n_steps, poly_power),
+        fingerprint=fingerprint,
+        **loop_options,
+    )
+    loop.resume()
+    return loop

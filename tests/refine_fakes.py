@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pole_core.data.memory import MemoryDataset
 from pole_core.io.cam_store import CamWriter
 
 
@@ -22,31 +23,11 @@ def two_region_image(h: int = 48, w: int = 48, split: int = 24, noise: float = 4
     return img, label
 
 
-class FakeDataset:
-    """The slice of VOCDataset the refine stage uses: image, mask, labels, class_names, ids, root."""
-
-    def __init__(
-        self, images: dict[str, np.ndarray], masks: dict[str, np.ndarray], class_names, root=None
-    ):
-        self._images, self._masks = images, masks
-        self.class_names = list(class_names)
-        self.root = root
-
-    def ids(self, split: str = "train") -> list[str]:
-        return sorted(self._images)
-
-    def image(self, image_id: str) -> np.ndarray:
-        return self._images[image_id]
-
-    def mask(self, image_id: str) -> np.ndarray:
-        return self._masks[image_id]
-
-    def labels(self, image_id: str) -> np.ndarray:
-        """Multi-hot image label derived from the mask, as VOCDataset does without cls_labels."""
-        present = np.unique(self._masks[image_id])
-        out = np.zeros(len(self.class_names), dtype=np.float32)
-        out[[int(c) - 1 for c in present if 0 < c < 255]] = 1.0
-        return out
+def fake_dataset(
+    images: dict[str, np.ndarray], masks: dict[str, np.ndarray], class_names, root=None
+):
+    """The refine stage's dataset: images and masks by id (sorted), labels from the masks."""
+    return MemoryDataset(dict(sorted(images.items())), class_names, masks=masks, root=root)
 
 
 def make_world(tmp: Path, n: int = 6, size: int = 40, n_classes: int = 3, write_voc: bool = False):
@@ -89,4 +70,4 @@ def make_world(tmp: Path, n: int = 6, size: int = 40, n_classes: int = 3, write_
             Image.fromarray(masks[image_id], mode="L").save(
                 root / "SegmentationClass" / f"{image_id}.png"
             )
-    return FakeDataset(images, masks, [f"c{i}" for i in range(n_classes)], root), cams_h5
+    return fake_dataset(images, masks, [f"c{i}" for i in range(n_classes)], root), cams_h5

@@ -15,6 +15,7 @@ from torch import nn
 
 from benchmarks.extract import extract_cams_reference, iter_cams_reference
 from pole_core.cam.extract import extract_cams, group_by_size, iter_cams, shard_ids
+from pole_core.data.memory import MemoryDataset
 from pole_core.io.cam_store import open_cams, read_cam
 
 N_CLASSES = 4
@@ -40,33 +41,17 @@ class TinyCamNet(nn.Module):
         return F.relu(self(x))
 
 
-class FakeDataset:
+def fake_dataset(n: int = 7, seed: int = 0) -> MemoryDataset:
     """Images of two odd sizes (ceil and crop paths), labels with 0–3 classes."""
-
-    class_names = [f"c{i}" for i in range(N_CLASSES)]
-
-    def __init__(self, n: int = 7, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self._ids = [f"im{i}" for i in range(n)]
-        self._img, self._lab = {}, {}
-        for i, image_id in enumerate(self._ids):
-            h, w = (21, 30) if i % 3 else (17, 17)
-            self._img[image_id] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            lab = np.zeros(N_CLASSES, np.float32)
-            lab[rng.choice(N_CLASSES, size=i % 4, replace=False)] = 1.0
-            self._lab[image_id] = lab
-
-    def ids(self, split: str = "train") -> list[str]:
-        return list(self._ids)
-
-    def image(self, image_id: str) -> np.ndarray:
-        return self._img[image_id]
-
-    def labels(self, image_id: str) -> np.ndarray:
-        return self._lab[image_id]
-
-    def image_size(self, image_id: str) -> tuple[int, int]:
-        return self._img[image_id].shape[:2]
+    rng = np.random.default_rng(seed)
+    images, labels = {}, {}
+    for i in range(n):
+        h, w = (21, 30) if i % 3 else (17, 17)
+        images[f"im{i}"] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        lab = np.zeros(N_CLASSES, np.float32)
+        lab[rng.choice(N_CLASSES, size=i % 4, replace=False)] = 1.0
+        labels[f"im{i}"] = lab
+    return MemoryDataset(images, [f"c{i}" for i in range(N_CLASSES)], labels=labels)
 
 
 def _net(stride: int = 4) -> TinyCamNet:
@@ -83,7 +68,7 @@ def _net(stride: int = 4) -> TinyCamNet:
 
 @pytest.mark.parametrize("stride", [4, 8])
 def test_batched_equals_reference_fp32(stride: int) -> None:
-    net, ds = _net(stride), FakeDataset()
+    net, ds = _net(stride), fake_dataset()
     ids = ds.ids()
     ref = {i: (k, c, s) for i, k, c, s in iter_cams_reference(net, ds, ids)}
     ours = {i: (k, c, s) for i, k, c, s in iter_cams(net, ds, ids, batch_size=3, chunk_pixels=2000)}
@@ -99,7 +84,7 @@ def test_batched_equals_reference_fp32(stride: int) -> None:
 
 
 def test_store_layout_keys_attrs_and_normalisation(tmp_path) -> None:
-    net, ds = _net(), FakeDataset()
+    net, ds = _net(), fake_dataset()
     net.train()
     ids = ds.ids()
     stats = extract_cams(
@@ -129,7 +114,7 @@ def test_store_layout_keys_attrs_and_normalisation(tmp_path) -> None:
 
 
 def test_stored_files_match_reference(tmp_path) -> None:
-    net, ds = _net(), FakeDataset(5)
+    net, ds = _net(), fake_dataset(5)
     ids = ds.ids()
     extract_cams_reference(net, ds, ids, tmp_path / "ref.h5", scales=(1.0, 0.5), flip=True)
     extract_cams(
@@ -153,7 +138,7 @@ def test_stored_files_match_reference(tmp_path) -> None:
 
 
 def test_no_flip_single_scale_matches_reference() -> None:
-    net, ds = _net(), FakeDataset(4)
+    net, ds = _net(), fake_dataset(4)
     kw = {"scales": (1.0,), "flip": False}
     ref = list(iter_cams_reference(net, ds, ds.ids(), **kw))
     ours = {i: c for i, _, c, _ in iter_cams(net, ds, ds.ids(), batch_size=16, **kw)}
@@ -162,7 +147,7 @@ def test_no_flip_single_scale_matches_reference() -> None:
 
 
 def test_group_by_size_batches_equal_sizes() -> None:
-    ds = FakeDataset(9)
+    ds = fake_dataset(9)
     batches = group_by_size(ds, ds.ids(), 2)
     assert sorted(i for b in batches for i in b) == sorted(ds.ids())
     for batch in batches:

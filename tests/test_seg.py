@@ -10,6 +10,7 @@ import torch
 from killing import killed_after_steps
 from torch.utils.data import Dataset
 
+from pole_core.data.memory import MemoryDataset
 from pole_core.io.png import read_mask, write_mask
 from pole_core.metrics import score
 from pole_core.refine.crf import CRFParams, dense_crf, prob_unary
@@ -49,23 +50,14 @@ def _world(n: int = 6, size: int = 32, seed: int = 0) -> tuple[list[np.ndarray],
     return images, masks
 
 
-class FakeVOC:
-    """The dataset interface Stage E needs: ids, image, mask, class_names."""
-
-    class_names = ["square", "disc"]
-
-    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray]):
-        self._img = {f"im{i}": im for i, im in enumerate(images)}
-        self._mask = {f"im{i}": m for i, m in enumerate(masks)}
-
-    def ids(self, split: str = "train") -> list[str]:
-        return sorted(self._img)
-
-    def image(self, image_id: str) -> np.ndarray:
-        return self._img[image_id]
-
-    def mask(self, image_id: str) -> np.ndarray:
-        return self._mask[image_id]
+def fake_voc(images: list[np.ndarray], masks: list[np.ndarray]) -> MemoryDataset:
+    """The dataset Stage E needs: ids (sorted), image, mask, class_names."""
+    ids = sorted(f"im{i}" for i in range(len(images)))
+    return MemoryDataset(
+        {i: images[int(i[2:])] for i in ids},
+        ["square", "disc"],
+        masks={i: masks[int(i[2:])] for i in ids},
+    )
 
 
 class Items(Dataset):
@@ -107,7 +99,7 @@ def test_mini_overfits_with_ignore_band(tmp_path):
     )
     assert time.perf_counter() - t0 < 20
     assert stats["loss_per_epoch"][-1] < 0.2 * stats["loss_per_epoch"][0]
-    ds = FakeVOC(images, masks)
+    ds = fake_voc(images, masks)
     loaded = load_seg_net(tmp_path / "seg.pt", "cpu")
     predict_dataset(
         loaded, ds, ds.ids(), tmp_path / "pred", scales=(1.0,), flip=True, progress=False
@@ -200,7 +192,7 @@ def test_predict_scales_flip_and_skip_existing(tmp_path):
     assert probs.shape == (3, 20, 20) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
 
-    ds = FakeVOC(images, masks)
+    ds = fake_voc(images, masks)
     out = tmp_path / "pred"
     write_mask(out / "im0.png", np.full((20, 20), 2, np.uint8))  # an earlier, complete result
     crf = CRFParams(iters=3, gt_prob=0.7)

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from ..device import autocast, resolve_device
 from ..io.checkpoint import seed_everything
-from ..training import TrainLoop, epoch_loader, poly_schedule, steps_per_epoch
+from ..training import epoch_batches, sgd_loop, steps_per_epoch
 from .network import CamNet
 from .train import cam_net_checkpoint
 
@@ -82,21 +82,18 @@ def pretrain_cam_classifier(
 
     seed_everything(p.seed)
     net.to(dev)
-    groups = net.param_groups(p.lr, p.head_lr, p.weight_decay)
-    opt = torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
-    loop = TrainLoop(
+    loop = sgd_loop(
         "pretrain_cam",
         out_path,
+        p,
+        net.param_groups(p.lr, p.head_lr, p.weight_decay),
+        n_steps=n_steps,
         modules={"net": net},
-        optimizer=opt,
         device=dev,
-        epochs=p.epochs,
-        schedule=poly_schedule(p.epochs * n_steps),
         fingerprint=fingerprint,
         progress=progress,
         log=log,
     )
-    loop.resume()
 
     def step(batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images = batch["image"].to(dev, non_blocking=True).float()
@@ -107,18 +104,15 @@ def pretrain_cam_classifier(
         pred = logits.detach().float().mean(dim=(2, 3)) > 0
         return loss, {"loss": loss, "label_accuracy": (pred == (labels > 0.5)).float().mean()}
 
-    history = loop.run(
-        lambda epoch: epoch_loader(
-            items,
-            p.batch_size,
-            epoch,
-            order_seed=p.seed + epoch,
-            drop_last=drop_last,
-            device=dev,
-            workers=workers,
-        ),
-        step,
+    batches = epoch_batches(
+        items,
+        p.batch_size,
+        order_seed=lambda epoch: p.seed + epoch,
+        drop_last=drop_last,
+        device=dev,
+        workers=workers,
     )
+    history = loop.run(batches, step)
     net.eval()
     stats = {"epochs": history, "steps": loop.step, "resumed_from_epoch": loop.resumed_from_epoch}
     loop.finish(cam_net_checkpoint(net, stats))

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from ..device import autocast, resolve_device
 from ..io.checkpoint import load_checkpoint, save_checkpoint, seed_everything
-from ..training import TrainLoop, epoch_loader, partial_path, poly_schedule, steps_per_epoch
+from ..training import epoch_batches, partial_path, sgd_loop, steps_per_epoch
 from .adapters import Adapter
 from .losses import LOSS_KEYS, clims_losses, present_pairs
 from .network import CamNet, build_cam_net
@@ -181,20 +181,18 @@ def train_cam(
                 "name": "adapters",
             }
         )
-    optimizer = torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
-    loop = TrainLoop(
+    loop = sgd_loop(
         "train_cam",
         out_path,
+        p,
+        groups,
+        n_steps=n_steps,
         modules=modules,
-        optimizer=optimizer,
         device=device,
-        epochs=p.epochs,
-        schedule=poly_schedule(n_steps * p.epochs),
         fingerprint=fingerprint,
         progress=progress,
         log=log,
     )
-    loop.resume()
 
     with torch.no_grad():
         bg_feats = bundle.encode_text(bg_prompts).float().to(device) if bg_prompts else None
@@ -257,18 +255,15 @@ def train_cam(
         logged["pairs"] = float(losses["n_pairs"])
         return total, logged
 
-    history = loop.run(
-        lambda epoch: epoch_loader(
-            dataset_items,
-            p.batch_size,
-            epoch,
-            order_seed=p.seed + epoch,
-            drop_last=drop_last,
-            device=device,
-            workers=workers,
-        ),
-        step,
+    batches = epoch_batches(
+        dataset_items,
+        p.batch_size,
+        order_seed=lambda epoch: p.seed + epoch,
+        drop_last=drop_last,
+        device=device,
+        workers=workers,
     )
+    history = loop.run(batches, step)
     net.eval()
     stats: dict[str, Any] = {
         "epochs": history,

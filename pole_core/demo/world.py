@@ -477,7 +477,7 @@ _SHAPES: dict[str, Callable[[np.random.Generator], list[Part]]] = {
 }
 # Base RGB per colour role 1..3 (a colour family per class); jittered per object.
 _COLOURS: dict[str, tuple[tuple[int, int, int], ...]] = {
-    "aeroplane": ((150, 150, 162), (118, 120, 136), (190, 50, 50)),
+    "aeroplane": ((236, 236, 242), (60, 66, 92), (190, 50, 50)),  # not CLIP's grey fill
     "bird": ((140, 90, 50), (100, 62, 35), (240, 170, 40)),
     "boat": ((150, 45, 40), (240, 238, 225), (90, 60, 40)),
     "car": ((40, 70, 190), (190, 215, 235), (25, 25, 25)),

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ..device import autocast, resolve_device
 from ..io.checkpoint import load_checkpoint, seed_everything
-from ..training import TrainLoop, poly_schedule, steps_per_epoch
+from ..training import sgd_loop, steps_per_epoch
 
 __all__ = [
     "PathIndex",
@@ -473,28 +473,25 @@ def train_affinity(
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     pi = path_index(p.radius)
     net.to(dev)
-    opt = torch.optim.SGD(
-        net.head.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
-    )
     n = len(items)
     if n == 0:
         raise ValueError("train_affinity: no training items")
     n_steps, drop_last = steps_per_epoch(n, p.batch_size)
     seed_everything(p.seed)
-    loop = TrainLoop(
+    loop = sgd_loop(
         "train_affinity",
         out_path,
+        p,
+        net.head.parameters(),
+        n_steps=n_steps,
+        poly_power=p.poly_power,
         modules={"head": net.head},
         train_modules=[net],  # BoundaryNet.train keeps its frozen backbone in eval mode
-        optimizer=opt,
         device=dev,
-        epochs=p.epochs,
-        schedule=poly_schedule(n_steps * p.epochs, p.poly_power),
         fingerprint={**asdict(p), "n_items": n, **net.spec()},
         progress=progress,
         log=log,
     )
-    loop.resume()
     # One loader for all epochs: its shuffle draws from the global RNG at each epoch's
     # start, which the partial checkpoint restores.
     loader = torch.utils.data.DataLoader(

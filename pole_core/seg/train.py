@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from ..device import autocast, resolve_device
 from ..io.checkpoint import load_checkpoint, seed_everything
-from ..training import TrainLoop, epoch_loader, poly_schedule, steps_per_epoch
+from ..training import epoch_batches, sgd_loop, steps_per_epoch
 from .network import SegNet, build_seg_net
 
 IGNORE = 255
@@ -72,23 +72,19 @@ def train_seg(
 
     seed_everything(p.seed)
     net.to(dev)
-    opt = torch.optim.SGD(
-        net.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
-    )
-    loop = TrainLoop(
+    loop = sgd_loop(
         "train_seg",
         out_path,
+        p,
+        net.parameters(),
+        n_steps=n_steps,
         modules={"net": net},
-        optimizer=opt,
         device=dev,
-        epochs=p.epochs,
-        schedule=poly_schedule(p.epochs * n_steps),
         fingerprint=fingerprint,
         check_finite=True,
         progress=progress,
         log=log,
     )
-    loop.resume()
     seen = 0
 
     def step(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -101,18 +97,15 @@ def train_seg(
         seen += x.shape[0]
         return loss, {"loss": loss}
 
-    history = loop.run(
-        lambda epoch: epoch_loader(
-            items,
-            p.batch_size,
-            epoch,
-            order_seed=p.seed * 100003 + epoch,
-            drop_last=drop_last,
-            device=dev,
-            workers=workers,
-        ),
-        step,
+    batches = epoch_batches(
+        items,
+        p.batch_size,
+        order_seed=lambda epoch: p.seed * 100003 + epoch,
+        drop_last=drop_last,
+        device=dev,
+        workers=workers,
     )
+    history = loop.run(batches, step)
     losses = loop.column("loss")
     stats = {
         "epochs": p.epochs,

@@ -66,6 +66,7 @@ def main(log):
         cam,
         loss_weights=weights,
         adapters=variant["adapters"],
+        adapter_lr=variant["adapter_lr"],
         clamp=tuple(cam["clamp"]),
         cls_weight=cls_weight,
         seed=snakemake.params.seed,
