@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from unittest import mock
 
 import pytest
 import torch
@@ -238,3 +239,20 @@ def test_missing_prompt_is_a_clear_error(tmp_path):
             epochs=1,
             adapters=False,
         )
+
+
+def test_adapters_train_at_their_own_lr(tmp_path):
+    """adapter_lr sets the adapters' group; None keeps them at the head's lr."""
+    ds, bundle = TinyItems(), FakeBundle()
+    seen = []
+    orig = torch.optim.SGD.__init__
+
+    def spy(self, groups, *a, **kw):
+        seen.append({g.get("name"): g["lr"] for g in groups})
+        orig(self, groups, *a, **kw)
+
+    with mock.patch.object(torch.optim.SGD, "__init__", spy):
+        fit(make_net(), ds, prompts(ds), bundle, tmp_path / "a.pt", epochs=1, adapter_lr=1e-5)
+        fit(make_net(), ds, prompts(ds), bundle, tmp_path / "b.pt", epochs=1, head_lr=0.2)
+    assert seen[0]["adapters"] == 1e-5
+    assert seen[1]["adapters"] == 0.2

@@ -217,6 +217,24 @@ def test_make_spec_merges_and_validates():
         make_spec(polysemy={"boat": ("water", 1.5)})
 
 
+def test_cooccurrence_sets_the_classes_drawn_on_a_background():
+    spec = make_spec(cooccurrence={"road": ["car", "aeroplane"]})
+    assert spec.bg_classes("road") == ("car", "aeroplane")
+    assert spec.bg_classes("sky") == ("aeroplane", "bird")  # unset backgrounds keep the design
+    on_road = {"aeroplane": 0, "cat": 0}
+    for i in range(300):
+        scene = make_scene(np.random.default_rng(i), spec)
+        if scene.background == "road":
+            for c in on_road:
+                on_road[c] += c in scene.present
+    # cat leaves the road's list: it appears there only as an any-class object (10 %)
+    assert on_road["aeroplane"] > 3 * on_road["cat"] > 0
+    with pytest.raises(ValueError, match="unknown background"):
+        make_spec(cooccurrence={"moon": ["car"]})
+    with pytest.raises(ValueError, match="unknown classes"):
+        make_spec(cooccurrence={"road": ["dog"]})
+
+
 def test_scene_subset_of_classes_and_small_images():
     spec = make_spec(n_classes=3, image_size=24, min_pixels=5)
     for i in range(30):
