@@ -220,7 +220,7 @@ def test_adapter_lr_defaults_to_the_head_lr_and_a_variant_may_set_its_own():
         "baseline": {"prompts": "names"},
         "slow": {"prompts": "selected", "adapter_lr": 1e-5},
     }
-    cfg = validate_config(_voc(cam={"variants": variants}))
+    cfg = validate_config(_voc(cam={"variants": variants}, seg={"variant": "slow"}))
     assert cfg["cam"]["adapter_lr"] is None  # = cam.head_lr in train_cam
     assert variant_settings(cfg, "baseline")["adapter_lr"] is None
     assert variant_settings(cfg, "slow")["adapter_lr"] == 1e-5
