@@ -322,14 +322,14 @@ __all__ = [
 def epoch_batches(
     items: Dataset,
     batch_size: int,
-    *,
     order_seed: Callable[[int], int],
-    drop_last: bool,
+    *,
     device: torch.device,
     workers: int = 0,
 ) -> Callable[[int], DataLoader]:
     """``batches(epoch)`` for :meth:`TrainLoop.run`: :func:`epoch_loader` with the epoch's
-    order seed ``order_seed(epoch)``."""
+    order seed ``order_seed(epoch)`` and the ragged-batch rule of :func:`steps_per_epoch`."""
+    drop_last = steps_per_epoch(len(items), batch_size)[1]
     return lambda epoch: epoch_loader(
         items,
         batch_size,

@@ -387,7 +387,7 @@ def _one_pixel_root(tmp: Path) -> Path:
 def test_tiny_images_go_through_crf_random_walk_and_segmenter(tmp_path):
     from pole_core.data.transforms import AugmentedDataset
     from pole_core.refine.affinity import BoundaryNet
-    from pole_core.refine.crf import CRFParams, write_ir_labels, write_refined_cams
+    from pole_core.refine.crf import CRFParams, ir_label_fn, refine_fn, write_labels
     from pole_core.refine.random_walk import run_random_walk_shard
     from pole_core.seg.infer import predict
     from pole_core.seg.network import build_seg_net
@@ -397,20 +397,11 @@ def test_tiny_images_go_through_crf_random_walk_and_segmenter(tmp_path):
     cams = tmp_path / "cams.h5"
     write_cams(cams, ds, IDS)
     params = CRFParams(iters=2)
-    stats = write_ir_labels(
-        ds,
-        IDS,
-        cams,
-        tmp_path / "ir_label",
-        fg_thresh=0.30,
-        bg_thresh=0.05,
-        params=params,
-        progress=False,
-    )
+    ir_label = ir_label_fn(fg_thresh=0.30, bg_thresh=0.05, params=params)
+    stats = write_labels(ds, IDS, cams, tmp_path / "ir_label", ir_label, progress=False)
     assert stats["done"] == len(IDS)
-    stats = write_refined_cams(
-        ds, IDS, cams, tmp_path / "refine", bg_thresh=0.15, params=params, progress=False
-    )
+    refine = refine_fn(bg_thresh=0.15, params=params)
+    stats = write_labels(ds, IDS, cams, tmp_path / "refine", refine, progress=False)
     assert stats["done"] == len(IDS)
     torch.manual_seed(0)
     cam_net = build_cam_net("mini", ds.n_classes, **MINI_CAM).eval()

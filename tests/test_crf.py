@@ -19,10 +19,11 @@ from pole_core.refine.crf import (
     crf_refine_cam,
     crf_refine_label,
     dense_crf,
+    ir_label_fn,
     label_unary,
     prob_unary,
-    write_ir_labels,
-    write_refined_cams,
+    refine_fn,
+    write_labels,
 )
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
@@ -124,15 +125,16 @@ def test_shard_writers_write_resume_and_pool(tmp_path):
     ds, cams = make_world(tmp_path, n=6)
     ids = ds.ids()
     thresh = {"fg_thresh": 0.30, "bg_thresh": 0.05}
+    ir_label = ir_label_fn(**thresh, params=PAPER)
     out1 = tmp_path / "serial"
-    res = write_ir_labels(ds, ids[:3], cams, out1, **thresh, params=PAPER, progress=False)
+    res = write_labels(ds, ids[:3], cams, out1, ir_label, progress=False)
     assert res == {"done": 3, "skipped": 0}
     # a half-written file from a killed run is redone; complete ones are skipped
     (out1 / f"{ids[3]}.png").write_bytes(b"\x89PNG broken")
-    res = write_ir_labels(ds, ids, cams, out1, **thresh, params=PAPER, progress=False)
+    res = write_labels(ds, ids, cams, out1, ir_label, progress=False)
     assert res == {"done": 3, "skipped": 3}
     out2 = tmp_path / "pool"
-    write_ir_labels(ds, ids, cams, out2, **thresh, params=PAPER, workers=2, progress=False)
+    write_labels(ds, ids, cams, out2, ir_label, workers=2, progress=False)
     with open_cams(cams) as f:
         for image_id in ids:
             a, b = read_mask(out1 / f"{image_id}.png"), read_mask(out2 / f"{image_id}.png")
@@ -143,7 +145,7 @@ def test_shard_writers_write_resume_and_pool(tmp_path):
             assert a.shape == ds.image(image_id).shape[:2]
             assert set(np.unique(a)) <= {0, int(keys[0]) + 1, 255}
     out3 = tmp_path / "ref"
-    res = write_refined_cams(ds, ids, cams, out3, bg_thresh=0.15, params=PAPER, progress=False)
+    res = write_labels(ds, ids, cams, out3, refine_fn(bg_thresh=0.15, params=PAPER), progress=False)
     assert res["done"] == 6
     with open_cams(cams) as f:
         for image_id in ids:

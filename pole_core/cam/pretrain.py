@@ -72,7 +72,7 @@ def pretrain_cam_classifier(
         raise ValueError(f"{out_path}: no training items for the CAM classifier")
     if p.epochs < 1 or p.batch_size < 1:
         raise ValueError(f"{out_path}: epochs and batch_size must be >= 1")
-    n_steps, drop_last = steps_per_epoch(n, p.batch_size)
+    n_steps = steps_per_epoch(n, p.batch_size)[0]
     fingerprint = {
         **asdict(p),
         "arch": dict(net.arch),
@@ -105,12 +105,7 @@ def pretrain_cam_classifier(
         return loss, {"loss": loss, "label_accuracy": (pred == (labels > 0.5)).float().mean()}
 
     batches = epoch_batches(
-        items,
-        p.batch_size,
-        order_seed=lambda epoch: p.seed + epoch,
-        drop_last=drop_last,
-        device=dev,
-        workers=workers,
+        items, p.batch_size, lambda epoch: p.seed + epoch, device=dev, workers=workers
     )
     history = loop.run(batches, step)
     net.eval()

@@ -141,7 +141,7 @@ def train_cam(
             f"train_cam: epochs and batch_size must be >= 1, got {p.epochs}, {p.batch_size}"
         )
     head_lr = 10.0 * p.lr if p.head_lr is None else float(p.head_lr)
-    n_steps, drop_last = steps_per_epoch(n_items, p.batch_size)
+    n_steps = steps_per_epoch(n_items, p.batch_size)[0]
     if clip_input_size is None:
         clip_input_size = getattr(bundle, "input_size", None)
     unknown = set(p.loss_weights) - set(LOSS_KEYS)
@@ -256,12 +256,7 @@ def train_cam(
         return total, logged
 
     batches = epoch_batches(
-        dataset_items,
-        p.batch_size,
-        order_seed=lambda epoch: p.seed + epoch,
-        drop_last=drop_last,
-        device=device,
-        workers=workers,
+        dataset_items, p.batch_size, lambda epoch: p.seed + epoch, device=device, workers=workers
     )
     history = loop.run(batches, step)
     net.eval()

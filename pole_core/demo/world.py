@@ -239,6 +239,16 @@ def make_spec(
 # ----------------------------------------------------------------------------------
 
 
+def _polysemous(thing: str, word: str, spec: WorldSpec, rng: np.random.Generator) -> str:
+    """``word`` for ``thing`` (a class or background), or the name of a class that also means
+    ``thing``, drawn at that class's polysemy rate (classes in order; the first hit wins)."""
+    for c in spec.classes:
+        target = spec.polysemy.get(c)
+        if target is not None and target[0] == thing and rng.random() < target[1]:
+            return WORLD_PROMPTS[c]
+    return word
+
+
 def make_caption(
     present: Sequence[str],
     background: str | None,
@@ -265,20 +275,11 @@ def make_caption(
             word = WORLD_PROMPTS[c]
         else:
             word = WORLD_SYNONYMS[c][int(rng.integers(3))]
-        for other in spec.classes:  # another class whose name also means this one
-            target = spec.polysemy.get(other)
-            if target is not None and target[0] == c and rng.random() < target[1]:
-                word = WORLD_PROMPTS[other]
-                break
+        word = _polysemous(c, word, spec, rng)  # another class's name may also mean c
         mentions.append(f"{article(word)} {word}")
     words = [prefix, " and ".join(mentions)]
     if background is not None and rng.random() < bg_rate:
-        bg_word = background
-        for c in spec.classes:
-            target = spec.polysemy.get(c)
-            if target is not None and target[0] == background and rng.random() < target[1]:
-                bg_word = WORLD_PROMPTS[c]
-                break
+        bg_word = _polysemous(background, background, spec, rng)
         prep, det = BACKGROUND_PHRASE[background]
         if det == "a":
             det = article(bg_word)
@@ -292,12 +293,7 @@ def make_background_caption(
     """Caption of an empty scene ("a photo of the water ."); polysemous names apply as in captions."""
     spec = spec or WorldSpec()
     prefix = CAPTION_PREFIXES[int(rng.integers(len(CAPTION_PREFIXES)))]
-    word = background
-    for c in spec.classes:
-        target = spec.polysemy.get(c)
-        if target is not None and target[0] == background and rng.random() < target[1]:
-            word = WORLD_PROMPTS[c]
-            break
+    word = _polysemous(background, background, spec, rng)
     return f"{prefix} the {word} ."
 
 

@@ -18,7 +18,7 @@ On top of it, with labels 0 = background and ``keys + 1`` = the image's classes:
   a low one ``bg_thresh`` keeps only confident background, and everything the two runs
   disagree on becomes 255 (ignored).
 
-:func:`write_ir_labels` and :func:`write_refined_cams` write those for a shard of images,
+:func:`write_labels` writes one of them (:func:`ir_label_fn`, :func:`refine_fn`) for a shard of images,
 resumably, over a process pool (the CRF is single-threaded C++, so processes, not
 threads, give the speed-up). pydensecrf needs C-contiguous arrays of the exact dtype
 (uint8 image, float32 unary); every array handed to it goes through
@@ -51,8 +51,9 @@ __all__ = [
     "crf_refine_label",
     "crf_refine_cam",
     "cam_to_ir_label",
-    "write_ir_labels",
-    "write_refined_cams",
+    "ir_label_fn",
+    "refine_fn",
+    "write_labels",
 ]
 
 
@@ -212,47 +213,16 @@ def cam_to_ir_label(
 LabelFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
-def write_ir_labels(
-    dataset: Any,
-    ids: Sequence[str],
-    cams_h5: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    fg_thresh: float,
-    bg_thresh: float,
-    params: CRFParams,
-    workers: int = 1,
-    progress: bool = True,
-) -> dict[str, int]:
-    """Write :func:`cam_to_ir_label` of every id to ``out_dir/<id>.png`` (affinity-net labels).
-
-    Resumable and poolable as :func:`_write_shard`; returns ``{"done", "skipped"}``.
-    """
-    label_fn = functools.partial(
+def ir_label_fn(*, fg_thresh: float, bg_thresh: float, params: CRFParams) -> LabelFn:
+    """:func:`cam_to_ir_label` with its thresholds bound, for :func:`write_labels`."""
+    return functools.partial(
         cam_to_ir_label, fg_thresh=fg_thresh, bg_thresh=bg_thresh, params=params
     )
-    return _write_shard(
-        dataset, ids, cams_h5, out_dir, label_fn, "crf[ir_label]", workers, progress
-    )
 
 
-def write_refined_cams(
-    dataset: Any,
-    ids: Sequence[str],
-    cams_h5: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    bg_thresh: float,
-    params: CRFParams,
-    workers: int = 1,
-    progress: bool = True,
-) -> dict[str, int]:
-    """Write :func:`crf_refine_cam` of every id to ``out_dir/<id>.png`` (the scored CRF labels).
-
-    Resumable and poolable as :func:`_write_shard`; returns ``{"done", "skipped"}``.
-    """
-    label_fn = functools.partial(crf_refine_cam, bg_thresh=bg_thresh, params=params)
-    return _write_shard(dataset, ids, cams_h5, out_dir, label_fn, "crf[refine]", workers, progress)
+def refine_fn(*, bg_thresh: float, params: CRFParams) -> LabelFn:
+    """:func:`crf_refine_cam` with its threshold bound, for :func:`write_labels`."""
+    return functools.partial(crf_refine_cam, bg_thresh=bg_thresh, params=params)
 
 
 def _is_complete(path: Path) -> bool:
@@ -285,15 +255,16 @@ def _worker_run(image_id: str) -> str:
     return image_id
 
 
-def _write_shard(
+def write_labels(
     dataset: Any,
     ids: Sequence[str],
     cams_h5: str | os.PathLike,
     out_dir: str | os.PathLike,
     label_fn: LabelFn,
-    desc: str,
-    workers: int,
-    progress: bool,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    desc: str = "crf",
 ) -> dict[str, int]:
     """``out_dir/<id>.png`` = ``label_fn(image, cam, keys)`` for every id, skipping complete files.
 

@@ -66,7 +66,7 @@ def train_seg(
     n = len(items)
     if n == 0:
         raise ValueError(f"{out_path}: no training items for the segmenter")
-    n_steps, drop_last = steps_per_epoch(n, p.batch_size)
+    n_steps = steps_per_epoch(n, p.batch_size)[0]
     arch = getattr(net, "arch", None)
     fingerprint = {**asdict(p), "n_items": n, "arch": arch}
 
@@ -98,12 +98,7 @@ def train_seg(
         return loss, {"loss": loss}
 
     batches = epoch_batches(
-        items,
-        p.batch_size,
-        order_seed=lambda epoch: p.seed * 100003 + epoch,
-        drop_last=drop_last,
-        device=dev,
-        workers=workers,
+        items, p.batch_size, lambda epoch: p.seed * 100003 + epoch, device=dev, workers=workers
     )
     history = loop.run(batches, step)
     losses = loop.column("loss")

@@ -104,6 +104,19 @@ def shard_index(scatteritem: str) -> tuple[int, int]:
     return int(i) - 1, int(n)
 
 
+def shard_of(snakemake, all_ids: list[str]) -> list[str]:
+    """This job's share of ``all_ids`` (the rule's scatter item, e.g. '2-of-4')."""
+    from pole_core.cam.extract import shard_ids
+
+    shard, n = shard_index(snakemake.wildcards.scatteritem)
+    return shard_ids(all_ids, n, shard)
+
+
+def shard_of_splits(snakemake, ds: VOCDataset) -> list[str]:
+    """This job's share of the ids of the rule's ``params.splits``."""
+    return shard_of(snakemake, union_ids(ds, snakemake.params.splits, snakemake.params.max_images))
+
+
 def clip_bundle(snakemake):
     """The frozen CLIP of the run: the in-pipeline mini-CLIP or an open_clip model."""
     from pole_core.clip.bundle import load_clip

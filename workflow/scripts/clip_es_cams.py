@@ -1,9 +1,8 @@
 """Rule clip_es_cams: one shard of a clip_es variant's training-free CAMs (scattered by Snakemake)."""
 
-from _common import clip_bundle, dataset, run, shard_index, union_ids
+from _common import clip_bundle, dataset, run, shard_of_splits
 
 from pole_core.cam.clip_es_store import extract_clip_es_cams, resolve_text, selected_prompts
-from pole_core.cam.extract import shard_ids
 from pole_core.io.atomic import read_json
 from pole_core.io.checkpoint import file_hash
 
@@ -11,10 +10,7 @@ from pole_core.io.checkpoint import file_hash
 def main(log):
     clip_es_cfg = snakemake.params.clip_es
     ds = dataset(snakemake)
-    shard, n = shard_index(snakemake.wildcards.scatteritem)
-    my_ids = shard_ids(
-        union_ids(ds, snakemake.params.splits, snakemake.params.max_images), n, shard
-    )
+    my_ids = shard_of_splits(snakemake, ds)
     bank = ds.bank
     text = resolve_text(
         bank.names,

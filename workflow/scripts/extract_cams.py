@@ -1,8 +1,8 @@
 """Rule extract_cams: one shard of the multi-scale CAMs, batched (scattered by Snakemake)."""
 
-from _common import dataset, device, run, shard_index, union_ids
+from _common import dataset, device, run, shard_of_splits
 
-from pole_core.cam.extract import extract_cams, shard_ids
+from pole_core.cam.extract import extract_cams
 from pole_core.cam.train import load_cam_net
 from pole_core.io.checkpoint import file_hash
 
@@ -10,9 +10,7 @@ from pole_core.io.checkpoint import file_hash
 def main(log):
     extract_cfg = snakemake.params.extract
     ds = dataset(snakemake)
-    all_ids = union_ids(ds, snakemake.params.splits, snakemake.params.max_images)
-    shard, n = shard_index(snakemake.wildcards.scatteritem)
-    my_ids = shard_ids(all_ids, n, shard)
+    my_ids = shard_of_splits(snakemake, ds)
     dev = device(snakemake)
     net, _, _ = load_cam_net(snakemake.input.model, dev)
     stats = extract_cams(

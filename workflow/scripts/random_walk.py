@@ -1,8 +1,7 @@
 """Rule random_walk: one shard of pseudo-masks, CAMs propagated over the predicted boundaries."""
 
-from _common import boundary_features, crf_params, dataset, device, run, shard_index, union_ids
+from _common import boundary_features, crf_params, dataset, device, run, shard_of_splits
 
-from pole_core.cam.extract import shard_ids
 from pole_core.refine.affinity import load_affinity_net
 from pole_core.refine.random_walk import run_random_walk_shard
 
@@ -10,10 +9,7 @@ from pole_core.refine.random_walk import run_random_walk_shard
 def main(log):
     rw = snakemake.params.rw
     ds = dataset(snakemake)
-    shard, n = shard_index(snakemake.wildcards.scatteritem)
-    my_ids = shard_ids(
-        union_ids(ds, snakemake.params.splits, snakemake.params.max_images), n, shard
-    )
+    my_ids = shard_of_splits(snakemake, ds)
     dev = device(snakemake)
     features = boundary_features(
         snakemake.params.affinity_backbone, snakemake.input.backbone[0], dev
