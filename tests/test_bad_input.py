@@ -174,28 +174,22 @@ def not_an_image(tmp: Path):
     return lambda: VOCDataset(root).image(IDS[1]), str(path), r"unreadable image"
 
 
-def mask_wrong_size(tmp: Path):
+def _bad_mask(tmp: Path, mask: np.ndarray, expected: str):
+    """The first image's ground truth replaced by ``mask``: reading it must fail so."""
     root = voc_root(tmp)
     path = root / "SegmentationClass" / f"{IDS[0]}.png"
-    write_mask(path, _gt(H // 2, W // 2))
-    return (
-        lambda: VOCDataset(root).mask(IDS[0]),
-        str(path),
-        rf"mask size 12x16 differs from image {H}x{W}",
-    )
+    write_mask(path, mask)
+    return lambda: VOCDataset(root).mask(IDS[0]), str(path), expected
+
+
+def mask_wrong_size(tmp: Path):
+    return _bad_mask(tmp, _gt(H // 2, W // 2), rf"mask size 12x16 differs from image {H}x{W}")
 
 
 def mask_value_out_of_range(tmp: Path):
-    root = voc_root(tmp)
-    path = root / "SegmentationClass" / f"{IDS[0]}.png"
     m = _gt()
     m[3, 3] = 21
-    write_mask(path, m)
-    return (
-        lambda: VOCDataset(root).mask(IDS[0]),
-        str(path),
-        r"label value 21 outside 0\.\.20 and 255",
-    )
+    return _bad_mask(tmp, m, r"label value 21 outside 0\.\.20 and 255")
 
 
 def unreadable_mask(tmp: Path):

@@ -36,11 +36,16 @@ def _pseudo(tmp_path, ds, ids):
     return out
 
 
-def test_export_voc_layout(tmp_path):
-    ds, _ = make_world(tmp_path, n=5, write_voc=True)
+def _exportable(tmp_path, write_voc: bool):
+    """5 images (3 train, 2 val) with pseudo-masks for the train ones."""
+    ds, _ = make_world(tmp_path, n=5, write_voc=write_voc)
     ids = ds.ids()
     train, val = ids[:3], ids[3:]
-    pseudo = _pseudo(tmp_path, ds, train)
+    return ds, _pseudo(tmp_path, ds, train), train, val
+
+
+def test_export_voc_layout(tmp_path):
+    ds, pseudo, train, val = _exportable(tmp_path, write_voc=True)
     out = tmp_path / "export_voc"
     manifest = export_voc(pseudo, ds, train, val, out)
     assert json.loads((out / "export.json").read_text()) == manifest
@@ -82,10 +87,7 @@ def test_export_voc_names_missing_masks(tmp_path):
 
 @pytest.mark.parametrize("with_root", [True, False])
 def test_export_mmseg_layout(tmp_path, with_root):
-    ds, _ = make_world(tmp_path, n=5, write_voc=with_root)
-    ids = ds.ids()
-    train, val = ids[:3], ids[3:]
-    pseudo = _pseudo(tmp_path, ds, train)
+    ds, pseudo, train, val = _exportable(tmp_path, write_voc=with_root)
     out = tmp_path / "mm"
     snippet = export_mmseg(pseudo, ds, train, val, out)
     assert "type='BaseSegDataset'" in snippet and "ann_dir/train" in snippet
