@@ -44,6 +44,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_util
 
+from pole_core.io.atomic import reading
 from pole_core.io.png import read_mask, write_mask
 
 from .voc import IGNORE, ClassBank, DataError, _decode_rgb
@@ -381,12 +382,10 @@ def _compact_segmentation(seg: Any, where: str) -> Segmentation:
 
 def _parse_annotations(path: Path) -> _SplitIndex:
     """Read a COCO instances file and keep only what the reader needs."""
+    with reading(path, "annotation file", DataError):
+        raw = path.read_bytes()
     try:
-        doc = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise DataError(f"{path}: annotation file not found") from None
-    except OSError as err:
-        raise DataError(f"{path}: unreadable annotation file ({err})") from None
+        doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     try:
@@ -432,12 +431,8 @@ def _parse_annotations(path: Path) -> _SplitIndex:
 
 def _load_index(path: Path) -> _SplitIndex:
     """The index of an annotation file, parsed once per process (re-read if it changes)."""
-    try:
+    with reading(path, "annotation file", DataError):
         st = path.stat()
-    except FileNotFoundError:
-        raise DataError(f"{path}: annotation file not found") from None
-    except OSError as err:
-        raise DataError(f"{path}: unreadable annotation file ({err})") from None
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     index = _INDEX_CACHE.get(key)
     if index is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
+from pole_core.io.atomic import reading
 from pole_core.io.png import read_mask
 
 
@@ -185,12 +186,8 @@ def split_entry_id(token: str) -> str:
 def read_split(path: str | os.PathLike) -> list[str]:
     """Ids of a one- or two-column split list (first column; blank lines skipped)."""
     path = Path(path)
-    try:
+    with reading(path, "split file", DataError):
         text = path.read_text()
-    except FileNotFoundError:
-        raise DataError(f"{path}: split file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: unreadable split file ({err})") from None
     ids = [split_entry_id(line.split()[0]) for line in text.splitlines() if line.strip()]
     if not ids:
         raise DataError(f"{path}: split is empty")

@@ -101,3 +101,16 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+@contextlib.contextmanager
+def reading(
+    path: str | os.PathLike, what: str, error: type[Exception] = ValueError
+) -> Iterator[None]:
+    """Inside, a missing or unreadable ``path`` raises ``error`` in one line naming the file."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path}: unreadable {what} ({err})") from None

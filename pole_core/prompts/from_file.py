@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from pole_core.io.atomic import reading
+
 from .select import Histogram, Selected, _candidate_lists
 
 
@@ -35,12 +37,8 @@ class _PlainUnpickler(pickle.Unpickler):
 def read_prompt_file(path: str | os.PathLike) -> dict[str, list[str]]:
     """``{image_id: [prompt, ...]}`` from a JSON file or the released POLE pickle."""
     path = Path(path)
-    try:
+    with reading(path, "prompt file"):
         raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ValueError(f"{path}: prompt file not found") from None
-    except OSError as err:
-        raise ValueError(f"{path}: unreadable prompt file ({err})") from None
     try:
         if raw[:1] == b"\x80":  # pickle protocol >= 2
             doc = _PlainUnpickler(io.BytesIO(raw)).load()

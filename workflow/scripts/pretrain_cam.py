@@ -23,14 +23,9 @@ def main(log):
         momentum=cam["momentum"],
         seed=snakemake.params.seed,
     )
+    out, dev = Path(snakemake.output[0]), device(snakemake)
     stats = pretrain_cam_classifier(
-        net,
-        items,
-        Path(snakemake.output[0]),
-        params,
-        device=device(snakemake),
-        workers=cam["workers"],
-        log=log.info,
+        net, items, out, params, device=dev, workers=cam["workers"], log=log.info
     )
     log.info("CAM classifier: %s", stats["epochs"][-1] if stats["epochs"] else stats)
 

@@ -38,14 +38,9 @@ def main(log):
         image_level=affinity["image_level"],
     )
     params = stage_params(AffinityTrainParams, affinity, seed=snakemake.params.seed)
+    out = Path(snakemake.output[0])
     stats = train_affinity(
-        net,
-        items,
-        Path(snakemake.output[0]),
-        params,
-        device=dev,
-        num_workers=affinity["workers"],
-        log=log.info,
+        net, items, out, params, device=dev, num_workers=affinity["workers"], log=log.info
     )
     log.info("boundary network trained: %s", stats)
 

@@ -24,15 +24,8 @@ def main(log):
         seg["backbone"], ds.n_classes + 1, weights=seg["weights"], widths=tuple(seg["widths"])
     )
     params = stage_params(SegTrainParams, seg, seed=snakemake.params.seed)
-    stats = train_seg(
-        net,
-        items,
-        Path(snakemake.output[0]),
-        params,
-        device=device(snakemake),
-        workers=seg["workers"],
-        log=log.info,
-    )
+    out, dev = Path(snakemake.output[0]), device(snakemake)
+    stats = train_seg(net, items, out, params, device=dev, workers=seg["workers"], log=log.info)
     log.info("segmenter trained on %d pseudo-masks: %s", len(train_ids), stats)
 
 
