@@ -257,7 +257,7 @@ def test_bad_config_stops_with_one_line_naming_the_key(tmp_path):
 def test_nested_config_values_from_the_command_line_get_their_types(tmp_path):
     # Snakemake reads `crf={bi_srgb: 3}` with YAML's BaseLoader (every scalar a string);
     # common.smk converts by the schema, and a value that does not parse still fails.
-    assert planned_jobs(tmp_path, "--config", "crf={bi_srgb: 3, iters: 2}", "cams={flip: false}")
+    assert planned_jobs(tmp_path, "--config", "crf={bi_srgb: 3, iters: 2}", "extract={flip: false}")
     # a value with alternatives (world.polysemy: a rate or {background, rate})
     assert planned_jobs(
         tmp_path,
