@@ -308,17 +308,6 @@ def _floats(logged: Mapping[str, Any]) -> dict[str, float]:
     return {k: out[k] for k in logged}
 
 
-__all__ = [
-    "POLY_POWER",
-    "TrainLoop",
-    "epoch_loader",
-    "partial_path",
-    "poly_lr",
-    "poly_schedule",
-    "steps_per_epoch",
-]
-
-
 def epoch_batches(
     items: Dataset,
     batch_size: int,
@@ -377,3 +366,16 @@ def sgd_loop(
     )
     loop.resume()
     return loop
+
+
+__all__ = [
+    "POLY_POWER",
+    "TrainLoop",
+    "epoch_batches",
+    "epoch_loader",
+    "partial_path",
+    "poly_lr",
+    "poly_schedule",
+    "sgd_loop",
+    "steps_per_epoch",
+]
