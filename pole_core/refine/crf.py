@@ -18,8 +18,8 @@ On top of it, with labels 0 = background and ``keys + 1`` = the image's classes:
   a low one ``bg_thresh`` keeps only confident background, and everything the two runs
   disagree on becomes 255 (ignored).
 
-:func:`write_labels` writes one of them (:func:`ir_label_fn`, :func:`refine_fn`) for a shard of images,
-resumably, over a process pool (the CRF is single-threaded C++, so processes, not
+:func:`write_labels` writes one of them (:func:`ir_label_fn`, :func:`refine_fn`) for a
+shard of images, resumably, over a process pool (the CRF is single-threaded C++, so processes, not
 threads, give the speed-up). pydensecrf needs C-contiguous arrays of the exact dtype
 (uint8 image, float32 unary); every array handed to it goes through
 ``np.ascontiguousarray``.
@@ -59,7 +59,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CRFParams:
-    """The dense CRF's terms; field names are the config keys of ``crf`` and ``random_walk.final_crf``.
+    """The dense CRF's terms; field names are the keys of ``crf`` and ``random_walk.final_crf``.
 
     Defaults are the paper (IRNet) values, the schema defaults of those groups.
     ``gt_prob``: probability a hard label's unary gives its own class (label unaries only;
