@@ -131,11 +131,7 @@ def select_prompts(
     cams_h5: str | os.PathLike,
     bundle: Any,
     candidates: Mapping[str, Sequence[str]],
-    *,
-    template: str = "A photo of {}.",
-    batch_size: int = 64,
-    preprocess: str = "clip",
-    progress: bool = True,
+    **options: Any,
 ) -> tuple[Selected, Histogram]:
     """Choose a token per (image, labelled class) from the baseline CAMs in ``cams_h5``.
 
@@ -143,21 +139,12 @@ def select_prompts(
     for every id in ``ids`` (an image without classes maps to ``{}``); ``histogram`` =
     ``{class_name: {token: count}}`` over all candidates, in candidate order. The classes
     of an image are the ``keys`` stored with its CAM (its image-level label).
-    ``preprocess``: ``"clip"`` (short side to ``bundle.input_size``, centre crop) or
-    ``"squash"`` (whole image to the square).
+    ``options`` are :func:`select_prompts_from_masks`'s (``template``, ``batch_size``,
+    ``preprocess``, ``progress``).
     """
     with cam_masks(cams_h5) as source:
         return select_prompts_from_masks(
-            dataset,
-            ids,
-            source,
-            bundle,
-            candidates,
-            template=template,
-            batch_size=batch_size,
-            preprocess=preprocess,
-            progress=progress,
-            source_name=str(cams_h5),
+            dataset, ids, source, bundle, candidates, source_name=str(cams_h5), **options
         )
 
 
@@ -176,6 +163,8 @@ def select_prompts_from_masks(
 ) -> tuple[Selected, Histogram]:
     """:func:`select_prompts` over any mask source (``masks``: CAMs or ground truth).
 
+    ``template`` is the prompt of every candidate token. ``preprocess``: ``"clip"`` (short
+    side to ``bundle.input_size``, centre crop) or ``"squash"`` (whole image to the square).
     ``source_name`` names the source in error messages (a CAM file, ``ground truth``).
     """
     if batch_size < 1:
