@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .voc import mask_labels
+
 
 class MemoryDataset:
     """Images (and optionally masks and labels) by id; ``ids()`` keeps their order."""
@@ -59,7 +61,4 @@ class MemoryDataset:
         """float32[C] multi-hot: the given labels, else the classes present in the mask."""
         if self._labels is not None:
             return self._labels[image_id]
-        present = np.unique(self._masks[image_id])
-        out = np.zeros(self.n_classes, dtype=np.float32)
-        out[[int(c) - 1 for c in present if 0 < c < 255]] = 1.0
-        return out
+        return mask_labels(self._masks[image_id], self.n_classes)

@@ -97,6 +97,12 @@ VOC_BG_WORDS: tuple[str, ...] = (
 IGNORE = 255
 
 
+def mask_labels(mask: np.ndarray, n_classes: int) -> np.ndarray:
+    """float32[C] multi-hot of the classes 1..C a label map holds (0 and 255 are none)."""
+    present = np.bincount(mask.ravel(), minlength=256)
+    return (present[1 : n_classes + 1] > 0).astype(np.float32)
+
+
 @dataclass
 class ClassBank:
     """Class names, their prompt text (``prompts[k]`` for ``names[k]``) and synonym candidates.
@@ -375,8 +381,7 @@ class VOCDataset(ImageFiles):
                     )
             else:
                 source = self.mask_path(img_id)
-                present = np.bincount(self.mask(img_id).ravel(), minlength=256)
-                lab = (present[1 : self.n_classes + 1] > 0).astype(np.float32)
+                lab = mask_labels(self.mask(img_id), self.n_classes)
             if not lab.any():
                 raise DataError(f"{source}: image {img_id!r} has no class in its label")
             self._labels[img_id] = lab
