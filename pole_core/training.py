@@ -22,6 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .device import grad_scaler
+from .device import grad_scaler, resolve_device
 from .io.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 POLY_POWER = 0.9
@@ -38,6 +39,27 @@ POLY_POWER = 0.9
 Schedule = Callable[[float, int], float]
 # one batch -> (loss to minimise, values to log: tensors or floats)
 StepFn = Callable[[Any], tuple[torch.Tensor, Mapping[str, Any]]]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a trainer runs, apart from what it learns: on the CPU none of it changes the weights.
+
+    ``device`` is a torch device or the config's name for one ("auto", "cpu", "cuda:N");
+    ``workers`` are the data-loader processes; ``progress`` shows a bar; ``log`` takes the
+    per-epoch lines.
+    """
+
+    device: str | torch.device = "auto"
+    workers: int = 0
+    progress: bool = True
+    log: Callable[[str], Any] = print
+
+    def torch_device(self) -> torch.device:
+        """``device`` as a :class:`torch.device` (names resolved by :func:`resolve_device`)."""
+        if isinstance(self.device, torch.device):
+            return self.device
+        return resolve_device(self.device)
 
 
 def partial_path(out_path: str | os.PathLike) -> Path:
@@ -312,13 +334,12 @@ def epoch_batches(
     items: Dataset,
     batch_size: int,
     order_seed: Callable[[int], int],
-    *,
-    device: torch.device,
-    workers: int = 0,
+    run: RunOptions,
 ) -> Callable[[int], DataLoader]:
     """``batches(epoch)`` for :meth:`TrainLoop.run`: :func:`epoch_loader` with the epoch's
     order seed ``order_seed(epoch)`` and the ragged-batch rule of :func:`steps_per_epoch`."""
     drop_last = steps_per_epoch(len(items), batch_size)[1]
+    device = run.torch_device()
     return lambda epoch: epoch_loader(
         items,
         batch_size,
@@ -326,7 +347,7 @@ def epoch_batches(
         order_seed=order_seed(epoch),
         drop_last=drop_last,
         device=device,
-        workers=workers,
+        workers=run.workers,
     )
 
 
@@ -338,8 +359,8 @@ def sgd_loop(
     *,
     n_steps: int,
     modules: Mapping[str, nn.Module],
-    device: torch.device,
     fingerprint: Mapping[str, Any],
+    run: RunOptions,
     poly_power: float = POLY_POWER,
     **loop_options: Any,
 ) -> TrainLoop:
@@ -347,8 +368,9 @@ def sgd_loop(
 
     SGD over ``groups`` with ``params.lr``, ``params.momentum`` and ``params.weight_decay``,
     the poly schedule over ``params.epochs × n_steps`` steps; the loop continues from a
-    partial checkpoint written with the same ``fingerprint``. ``loop_options`` go to
-    :class:`TrainLoop` (``train_modules``, ``check_finite``, ``progress``, ``log``).
+    partial checkpoint written with the same ``fingerprint``. ``run`` gives the device,
+    progress bar and log; ``loop_options`` go to :class:`TrainLoop` (``train_modules``,
+    ``check_finite``).
     """
     optimizer = torch.optim.SGD(
         groups, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay
@@ -358,10 +380,12 @@ def sgd_loop(
         out_path,
         modules=modules,
         optimizer=optimizer,
-        device=device,
+        device=run.torch_device(),
         epochs=params.epochs,
         schedule=poly_schedule(params.epochs * n_steps, poly_power),
         fingerprint=fingerprint,
+        progress=run.progress,
+        log=run.log,
         **loop_options,
     )
     loop.resume()
@@ -370,6 +394,7 @@ def sgd_loop(
 
 __all__ = [
     "POLY_POWER",
+    "RunOptions",
     "TrainLoop",
     "epoch_batches",
     "epoch_loader",

@@ -25,6 +25,7 @@ from pole_core.refine.affinity import (
     stride4_size,
     train_affinity,
 )
+from pole_core.training import RunOptions
 
 
 def test_path_index_geometry():
@@ -134,7 +135,9 @@ def _net():
 def _train(net, items, out, *, log=lambda s: None, **hp):
     """train_affinity, quiet, with the small settings most tests share (overridable)."""
     params = AffinityTrainParams(**{"radius": 3, "epochs": 1, "batch_size": 4, **hp})
-    return train_affinity(net, items, out, params, progress=False, log=log)
+    return train_affinity(
+        net, items, out, params, RunOptions(device="cpu", progress=False, log=log)
+    )
 
 
 def test_affinity_net_shapes_and_frozen_extractor():

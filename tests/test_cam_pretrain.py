@@ -8,7 +8,7 @@ from test_cam_train import TinyItems, make_net
 
 from pole_core.cam.pretrain import PretrainParams, classification_loss, pretrain_cam_classifier
 from pole_core.cam.train import load_cam_net
-from pole_core.training import partial_path
+from pole_core.training import RunOptions, partial_path
 
 HP = {"batch_size": 4, "lr": 0.05, "head_lr": 0.5, "weight_decay": 1e-4, "momentum": 0.9, "seed": 1}
 
@@ -16,7 +16,7 @@ HP = {"batch_size": 4, "lr": 0.05, "head_lr": 0.5, "weight_decay": 1e-4, "moment
 def fit(net, items, out, **hp):
     params = PretrainParams(**{**HP, **hp})
     return pretrain_cam_classifier(
-        net, items, out, params, device="cpu", progress=False, log=lambda s: None
+        net, items, out, params, RunOptions(device="cpu", progress=False, log=lambda s: None)
     )
 
 

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from pole_core.cam.network import build_cam_net
 from pole_core.cam.train import CamTrainParams, load_cam_net, train_cam
-from pole_core.training import partial_path
+from pole_core.training import RunOptions, partial_path
 
 NAMES = ["red", "green", "blue"]
 COLOURS = torch.eye(3)
@@ -114,7 +114,7 @@ def fit(net, ds, prompts_for, bundle, out, *, log=lambda s: None, **hp):
     params = CamTrainParams(**{**HP, **hp})
     return train_cam(
         net, ds, prompts_for, bundle, out, params,
-        bg_words=["grey", "wall"], device="cpu", progress=False, log=log,
+        bg_words=["grey", "wall"], run=RunOptions(device="cpu", progress=False, log=log),
     )  # fmt: skip
 
 

@@ -31,6 +31,7 @@ from pole_core.clip.mini import (
 )
 from pole_core.clip.zeroshot import average_precision, format_zeroshot, topk_in_gt
 from pole_core.io.checkpoint import save_checkpoint
+from pole_core.training import RunOptions
 
 TINY_CFG = {
     "embed_dim": 32,
@@ -47,6 +48,10 @@ TINY_CFG = {
 WORDS = ["ship", "feline", "plane", "hound"]
 COLOURS = np.array([[220, 30, 30], [30, 200, 30], [30, 30, 220], [200, 200, 40]], dtype=np.uint8)
 VOCAB = ["a", "photo", "of", "and", "on", "the", "water", "."] + WORDS
+
+
+def _quiet(log=lambda s: None) -> RunOptions:
+    return RunOptions(device="cpu", progress=False, log=log)
 
 
 def make_corpus(root: Path, n: int = 64, size: int = 16, seed: int = 0) -> Path:
@@ -226,7 +231,7 @@ def test_train_mini_clip_loss_decreases_and_resume_is_exact(tmp_path):
 
     def fit(out, log=lambda s: None, **hp):
         params = MiniClipParams(**{**recipe, **hp})
-        return train_mini_clip(corpus, out, params, model_cfg=TINY_CFG, progress=False, log=log)
+        return train_mini_clip(corpus, out, params, run=_quiet(log), model_cfg=TINY_CFG)
 
     straight = tmp_path / "straight" / "model.pt"
     stats = fit(straight)
@@ -274,16 +279,14 @@ def test_corpus_errors(tmp_path):
     (corpus / "captions.txt").write_text("a photo of a ship .\n")
     with pytest.raises(ValueError, match="1 captions for 8 images"):
         train_mini_clip(
-            corpus, tmp_path / "m.pt", MiniClipParams(), model_cfg=TINY_CFG, progress=False,
-            log=lambda s: None,
-        )  # fmt: skip
+            corpus, tmp_path / "m.pt", MiniClipParams(), run=_quiet(), model_cfg=TINY_CFG
+        )
     with pytest.raises(FileNotFoundError, match="images.npy: caption corpus file not found"):
         train_mini_clip(
             tmp_path / "none",
             tmp_path / "m.pt",
             MiniClipParams(),
-            progress=False,
-            log=lambda s: None,
+            run=_quiet(),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from pole_core.refine.crf import CRFParams, dense_crf, prob_unary
 from pole_core.seg.infer import evaluate_dir, predict, predict_dataset
 from pole_core.seg.network import build_seg_net
 from pole_core.seg.train import SegTrainParams, load_seg_net, seg_loss, train_seg
-from pole_core.training import partial_path
+from pole_core.training import RunOptions, partial_path
 
 SMALL = (8, 16, 16, 32)  # mini widths for fast tests
 
@@ -93,9 +94,7 @@ def test_mini_overfits_with_ignore_band(tmp_path):
         Items(images, masks),
         tmp_path / "seg.pt",
         SegTrainParams(epochs=60, batch_size=6, lr=0.05, seed=0),
-        device="cpu",
-        progress=False,
-        log=lambda s: None,
+        RunOptions(device="cpu", progress=False, log=lambda s: None),
     )
     assert time.perf_counter() - t0 < 20
     assert stats["loss_per_epoch"][-1] < 0.2 * stats["loss_per_epoch"][0]
@@ -158,16 +157,16 @@ def test_weights_roundtrip_head_swap_and_wrong_arch(tmp_path):
 def test_resume_is_bit_identical(tmp_path):
     images, masks = _world(n=4, size=24, seed=1)
     params = SegTrainParams(epochs=3, batch_size=2, lr=0.02, seed=3)
-    kw = dict(device="cpu", progress=False, log=lambda s: None)
+    quiet = RunOptions(device="cpu", progress=False, log=lambda s: None)
 
     torch.manual_seed(0)
     full = build_seg_net("mini", 3, widths=SMALL)
-    train_seg(full, Items(images, masks), tmp_path / "a.pt", params, **kw)
+    train_seg(full, Items(images, masks), tmp_path / "a.pt", params, quiet)
 
     torch.manual_seed(0)
     net = build_seg_net("mini", 3, widths=SMALL)
     with killed_after_steps(3):  # 2 steps per epoch: dies in epoch 2
-        train_seg(net, Items(images, masks), tmp_path / "b.pt", params, **kw)
+        train_seg(net, Items(images, masks), tmp_path / "b.pt", params, quiet)
     assert not (tmp_path / "b.pt").exists()
     assert partial_path(tmp_path / "b.pt").is_file()  # epoch 1 finished, epoch 2 was cut
 
@@ -175,7 +174,7 @@ def test_resume_is_bit_identical(tmp_path):
     lines: list[str] = []
     net2 = build_seg_net("mini", 3, widths=SMALL)
     items = Items(images, masks)
-    train_seg(net2, items, tmp_path / "b.pt", params, **{**kw, "log": lines.append})
+    train_seg(net2, items, tmp_path / "b.pt", params, replace(quiet, log=lines.append))
     assert any("resuming" in s for s in lines) and items.epochs == [1, 2]
     a = torch.load(tmp_path / "a.pt", weights_only=False)
     b = torch.load(tmp_path / "b.pt", weights_only=False)

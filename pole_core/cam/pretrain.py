@@ -16,7 +16,7 @@ file has the :func:`pole_core.cam.train.load_cam_net` layout.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..device import autocast, resolve_device
+from ..device import autocast
 from ..io.checkpoint import seed_everything
-from ..training import epoch_batches, sgd_loop, steps_per_epoch
+from ..training import RunOptions, epoch_batches, sgd_loop, steps_per_epoch
 from .network import CamNet
 from .train import cam_net_checkpoint
 
@@ -54,11 +54,7 @@ def pretrain_cam_classifier(
     items: Dataset,
     out_path: str | os.PathLike,
     params: PretrainParams,
-    *,
-    device: str | torch.device = "auto",
-    workers: int = 0,
-    progress: bool = True,
-    log: Callable[[str], Any] = print,
+    run: RunOptions = RunOptions(),
 ) -> dict[str, Any]:
     """Train ``net`` as a multi-label classifier on ``items`` ({"image", "labels"}); save it.
 
@@ -66,7 +62,7 @@ def pretrain_cam_classifier(
     ``head_lr``). Returns per-epoch loss and label-accuracy stats.
     """
     p = params
-    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    dev = run.torch_device()
     n = len(items)
     if n == 0:
         raise ValueError(f"{out_path}: no training items for the CAM classifier")
@@ -89,10 +85,8 @@ def pretrain_cam_classifier(
         net.param_groups(p.lr, p.head_lr, p.weight_decay),
         n_steps=n_steps,
         modules={"net": net},
-        device=dev,
         fingerprint=fingerprint,
-        progress=progress,
-        log=log,
+        run=run,
     )
 
     def step(batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -104,9 +98,7 @@ def pretrain_cam_classifier(
         pred = logits.detach().float().mean(dim=(2, 3)) > 0
         return loss, {"loss": loss, "label_accuracy": (pred == (labels > 0.5)).float().mean()}
 
-    batches = epoch_batches(
-        items, p.batch_size, lambda epoch: p.seed + epoch, device=dev, workers=workers
-    )
+    batches = epoch_batches(items, p.batch_size, lambda epoch: p.seed + epoch, run)
     history = loop.run(batches, step)
     net.eval()
     stats = {"epochs": history, "steps": loop.step, "resumed_from_epoch": loop.resumed_from_epoch}

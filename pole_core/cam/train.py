@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from ..device import autocast, resolve_device
 from ..io.checkpoint import load_checkpoint, save_checkpoint, seed_everything
-from ..training import epoch_batches, partial_path, sgd_loop, steps_per_epoch
+from ..training import RunOptions, epoch_batches, partial_path, sgd_loop, steps_per_epoch
 from .adapters import Adapter
 from .losses import LOSS_KEYS, clims_losses, present_pairs
 from .network import CamNet, build_cam_net
@@ -112,10 +112,7 @@ def train_cam(
     params: CamTrainParams,
     *,
     bg_words: Sequence[str],
-    device: str | torch.device,
-    workers: int = 0,
-    progress: bool = True,
-    log: Callable[[str], Any] = print,
+    run: RunOptions = RunOptions(),
     clip_input_size: int | None = None,
 ) -> dict[str, Any]:
     """Train ``net`` with the CLIMS losses and save ``out_path``; returns training stats.
@@ -132,7 +129,7 @@ def train_cam(
         clip_input_size: mask at this size; default ``bundle.input_size`` if it has one.
     """
     p = params
-    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    device = run.torch_device()
     n_items = len(dataset_items)
     if n_items == 0:
         raise ValueError("train_cam: the dataset is empty")
@@ -188,10 +185,8 @@ def train_cam(
         groups,
         n_steps=n_steps,
         modules=modules,
-        device=device,
         fingerprint=fingerprint,
-        progress=progress,
-        log=log,
+        run=run,
     )
 
     with torch.no_grad():
@@ -255,9 +250,7 @@ def train_cam(
         logged["pairs"] = float(losses["n_pairs"])
         return total, logged
 
-    batches = epoch_batches(
-        dataset_items, p.batch_size, lambda epoch: p.seed + epoch, device=device, workers=workers
-    )
+    batches = epoch_batches(dataset_items, p.batch_size, lambda epoch: p.seed + epoch, run)
     history = loop.run(batches, step)
     net.eval()
     stats: dict[str, Any] = {

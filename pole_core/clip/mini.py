@@ -19,7 +19,7 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-from ..device import autocast, resolve_device
+from ..device import autocast
 from ..io.checkpoint import file_hash, seed_everything
-from ..training import TrainLoop
+from ..training import RunOptions, TrainLoop
 from .tokenizer import WordTokenizer
 
 #: Architecture defaults of :func:`build_mini_clip` (the 1.47 M-parameter recipe).
@@ -225,10 +225,8 @@ def train_mini_clip(
     out_path: str | os.PathLike,
     params: MiniClipParams,
     *,
-    device: str | torch.device = "cpu",
+    run: RunOptions = RunOptions(),
     model_cfg: dict[str, Any] | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train the mini-CLIP on a caption corpus and save it to ``out_path``.
 
@@ -241,7 +239,7 @@ def train_mini_clip(
     """
     p = params
     t_start = time.perf_counter()
-    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    dev, log = run.torch_device(), run.log
     cfg = full_model_cfg(model_cfg)
     if p.epochs < 1 or p.batch_size < 2:
         raise ValueError(
@@ -292,7 +290,7 @@ def train_mini_clip(
         fingerprint=fingerprint,
         grad_clip=p.grad_clip,
         clip_params=model.parameters(),
-        progress=progress,
+        progress=run.progress,
         log=log,
     )
     loop.resume()

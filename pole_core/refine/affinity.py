@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..device import autocast, resolve_device
+from ..device import autocast
 from ..io.checkpoint import load_checkpoint, seed_everything
-from ..training import sgd_loop, steps_per_epoch
+from ..training import RunOptions, sgd_loop, steps_per_epoch
 
 __all__ = [
     "PathIndex",
@@ -457,11 +457,7 @@ def train_affinity(
     items: torch.utils.data.Dataset,
     out_path: str | os.PathLike,
     params: AffinityTrainParams,
-    *,
-    device: str | torch.device = "cpu",
-    num_workers: int = 0,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
+    run: RunOptions = RunOptions(),
 ) -> dict[str, Any]:
     """Train the boundary head on CRF labels; save ``{"head", "in_channels", "width", ...}``.
 
@@ -470,7 +466,7 @@ def train_affinity(
     uninterrupted one. Returns ``{"losses": [mean loss per epoch], "steps": int}``.
     """
     p = params
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dev = run.torch_device()
     pi = path_index(p.radius)
     net.to(dev)
     n = len(items)
@@ -487,10 +483,8 @@ def train_affinity(
         poly_power=p.poly_power,
         modules={"head": net.head},
         train_modules=[net],  # BoundaryNet.train keeps its frozen backbone in eval mode
-        device=dev,
         fingerprint={**asdict(p), "n_items": n, **net.spec()},
-        progress=progress,
-        log=log,
+        run=run,
     )
     # One loader for all epochs: its shuffle draws from the global RNG at each epoch's
     # start, which the partial checkpoint restores.
@@ -499,7 +493,7 @@ def train_affinity(
         batch_size=p.batch_size,
         shuffle=True,
         drop_last=drop_last,
-        num_workers=num_workers,
+        num_workers=run.workers,
         collate_fn=_to_batch,
     )
 

@@ -8,7 +8,6 @@ resumed run ends with the same weights, bit for bit, as an uninterrupted one.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,7 +18,7 @@ from torch.utils.data import Dataset
 
 from ..device import autocast, resolve_device
 from ..io.checkpoint import load_checkpoint, seed_everything
-from ..training import epoch_batches, sgd_loop, steps_per_epoch
+from ..training import RunOptions, epoch_batches, sgd_loop, steps_per_epoch
 from .network import SegNet, build_seg_net
 
 IGNORE = 255
@@ -49,11 +48,7 @@ def train_seg(
     items: Dataset,
     out_path: str | os.PathLike,
     params: SegTrainParams,
-    *,
-    device: str | torch.device = "auto",
-    workers: int = 0,
-    progress: bool = True,
-    log: Callable[[str], Any] = print,
+    run: RunOptions = RunOptions(),
 ) -> dict:
     """Train ``net`` on ``items`` ({"image", "mask", ...} dicts) and save the final checkpoint.
 
@@ -62,7 +57,7 @@ def train_seg(
     finite stops the run with one line.
     """
     p = params
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dev = run.torch_device()
     n = len(items)
     if n == 0:
         raise ValueError(f"{out_path}: no training items for the segmenter")
@@ -79,11 +74,9 @@ def train_seg(
         net.parameters(),
         n_steps=n_steps,
         modules={"net": net},
-        device=dev,
         fingerprint=fingerprint,
+        run=run,
         check_finite=True,
-        progress=progress,
-        log=log,
     )
     seen = 0
 
@@ -97,9 +90,7 @@ def train_seg(
         seen += x.shape[0]
         return loss, {"loss": loss}
 
-    batches = epoch_batches(
-        items, p.batch_size, lambda epoch: p.seed * 100003 + epoch, device=dev, workers=workers
-    )
+    batches = epoch_batches(items, p.batch_size, lambda epoch: p.seed * 100003 + epoch, run)
     history = loop.run(batches, step)
     losses = loop.column("loss")
     stats = {

@@ -20,6 +20,7 @@ import torch
 from pole_core.data.voc import VOCDataset  # the interface every reader follows (data.registry)
 from pole_core.device import resolve_device
 from pole_core.io.checkpoint import seed_everything
+from pole_core.training import RunOptions
 
 P = TypeVar("P")
 
@@ -96,6 +97,11 @@ def union_ids(ds: VOCDataset, splits: list[str], max_images: int) -> list[str]:
 
 def device(snakemake) -> torch.device:
     return resolve_device(snakemake.params.device)
+
+
+def train_run(snakemake, log: logging.Logger, workers: int = 0) -> RunOptions:
+    """How a trainer runs in a rule: the config's device, ``workers`` loaders, the rule's log."""
+    return RunOptions(device=device(snakemake), workers=int(workers), log=log.info)
 
 
 def shard_index(scatteritem: str) -> tuple[int, int]:

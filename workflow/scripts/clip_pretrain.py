@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from _common import device, run, stage_params
+from _common import run, stage_params, train_run
 
 from pole_core.clip.mini import MiniClipParams, train_mini_clip
 
@@ -14,9 +14,8 @@ def main(log):
         Path(snakemake.input.data) / "clip_corpus",
         snakemake.output[0],
         params,
-        device=device(snakemake),
+        run=train_run(snakemake, log),
         model_cfg=snakemake.params.mini,
-        log=log.info,
     )
     log.info("mini-CLIP trained: %s", stats)
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from _common import augmented_items, dataset, device, ids, new_cam_net, run, stage_params
+from _common import augmented_items, dataset, ids, new_cam_net, run, stage_params, train_run
 
 from pole_core.cam.pretrain import PretrainParams, pretrain_cam_classifier
 
@@ -23,9 +23,9 @@ def main(log):
         momentum=cam["momentum"],
         seed=snakemake.params.seed,
     )
-    out, dev = Path(snakemake.output[0]), device(snakemake)
+    out = Path(snakemake.output[0])
     stats = pretrain_cam_classifier(
-        net, items, out, params, device=dev, workers=cam["workers"], log=log.info
+        net, items, out, params, train_run(snakemake, log, cam["workers"])
     )
     log.info("CAM classifier: %s", stats["epochs"][-1] if stats["epochs"] else stats)
 

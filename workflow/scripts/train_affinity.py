@@ -11,6 +11,7 @@ from _common import (
     ids,
     run,
     stage_params,
+    train_run,
 )
 
 from pole_core.io.png import read_mask
@@ -39,9 +40,7 @@ def main(log):
     )
     params = stage_params(AffinityTrainParams, affinity, seed=snakemake.params.seed)
     out = Path(snakemake.output[0])
-    stats = train_affinity(
-        net, items, out, params, device=dev, num_workers=affinity["workers"], log=log.info
-    )
+    stats = train_affinity(net, items, out, params, train_run(snakemake, log, affinity["workers"]))
     log.info("boundary network trained: %s", stats)
 
 

@@ -7,11 +7,11 @@ from _common import (
     bg_words,
     clip_bundle,
     dataset,
-    device,
     ids,
     new_cam_net,
     run,
     stage_params,
+    train_run,
 )
 
 from pole_core.cam.train import CamTrainParams, load_cam_net, train_cam
@@ -79,9 +79,7 @@ def main(log):
         Path(snakemake.output[0]),
         params,
         bg_words=bg_words(cam, bank),
-        device=device(snakemake),
-        workers=cam["workers"],
-        log=log.info,
+        run=train_run(snakemake, log, cam["workers"]),
     )
     log.info("trained: %s", stats)
 

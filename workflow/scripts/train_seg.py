@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from _common import augmented_items, dataset, device, ids, run, stage_params
+from _common import augmented_items, dataset, ids, run, stage_params, train_run
 
 from pole_core.io.png import read_mask
 from pole_core.seg.network import build_seg_net
@@ -24,8 +24,8 @@ def main(log):
         seg["backbone"], ds.n_classes + 1, weights=seg["weights"], widths=tuple(seg["widths"])
     )
     params = stage_params(SegTrainParams, seg, seed=snakemake.params.seed)
-    out, dev = Path(snakemake.output[0]), device(snakemake)
-    stats = train_seg(net, items, out, params, device=dev, workers=seg["workers"], log=log.info)
+    out = Path(snakemake.output[0])
+    stats = train_seg(net, items, out, params, train_run(snakemake, log, seg["workers"]))
     log.info("segmenter trained on %d pseudo-masks: %s", len(train_ids), stats)
 
 
