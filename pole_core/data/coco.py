@@ -47,7 +47,7 @@ from pycocotools import mask as mask_util
 from pole_core.io.atomic import reading
 from pole_core.io.png import read_mask, write_mask
 
-from .voc import IGNORE, ClassBank, DataError, _decode_rgb
+from .voc import ClassBank, DataError, _decode_rgb, check_label_values
 
 # The 80 COCO categories: (category id, name), in category-id order.
 COCO_CATEGORIES: tuple[tuple[int, str], ...] = (
@@ -602,12 +602,7 @@ class CocoDataset:
             except ValueError as err:
                 msg = str(err)
                 raise DataError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
-            present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-            bad = present[(present > self.n_classes) & (present != IGNORE)]
-            if bad.size:
-                raise DataError(
-                    f"{path}: label value {int(bad[0])} outside 0..{self.n_classes} and {IGNORE}"
-                )
+            check_label_values(mask, self.n_classes, path)
             return mask
         mask = self.decode_mask(img_id)
         write_mask(path, mask)

@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from pole_core.data.voc import IGNORE, VOC_CLASSES, DataError, VOCDataset, read_split
+from pole_core.data.voc import (
+    VOC_CLASSES,
+    DataError,
+    VOCDataset,
+    check_label_values,
+    mask_labels,
+    read_split,
+)
 from pole_core.io.atomic import atomic_dir, write_text
 from pole_core.io.png import read_mask, write_mask
 
@@ -64,12 +71,8 @@ def read_sbd_mat(path: str | os.PathLike) -> np.ndarray:
 
 def _labels(mask: np.ndarray, path: Path, n_classes: int) -> np.ndarray:
     """IRNet's multi-hot: entry k-1 is 1 when class k (1..C) is in the mask."""
-    present = np.bincount(mask.ravel(), minlength=256)
-    bad = np.flatnonzero(present)
-    bad = bad[(bad > n_classes) & (bad != IGNORE)]
-    if bad.size:
-        raise DataError(f"{path}: label value {int(bad[0])} outside 0..{n_classes} and {IGNORE}")
-    lab = (present[1 : n_classes + 1] > 0).astype(np.float32)
+    check_label_values(mask, n_classes, path)
+    lab = mask_labels(mask, n_classes)
     if not lab.any():
         raise DataError(f"{path}: mask has no class")
     return lab

@@ -103,6 +103,14 @@ def mask_labels(mask: np.ndarray, n_classes: int) -> np.ndarray:
     return (present[1 : n_classes + 1] > 0).astype(np.float32)
 
 
+def check_label_values(mask: np.ndarray, n_classes: int, path: str | os.PathLike) -> None:
+    """Stop with one line naming ``path`` when a label map holds a value not in 0..C or 255."""
+    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+    bad = present[(present > n_classes) & (present != IGNORE)]
+    if bad.size:
+        raise DataError(f"{path}: label value {int(bad[0])} outside 0..{n_classes} and {IGNORE}")
+
+
 @dataclass
 class ClassBank:
     """Class names, their prompt text (``prompts[k]`` for ``names[k]``) and synonym candidates.
@@ -257,12 +265,7 @@ class ImageFiles:
                 f"{path}: mask size {mask.shape[0]}x{mask.shape[1]} differs from image "
                 f"{size[0]}x{size[1]}"
             )
-        present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-        bad = present[(present > self.n_classes) & (present != IGNORE)]
-        if bad.size:
-            raise DataError(
-                f"{path}: label value {int(bad[0])} outside 0..{self.n_classes} and {IGNORE}"
-            )
+        check_label_values(mask, self.n_classes, path)
         return mask
 
 
