@@ -161,7 +161,7 @@ def test_every_rule_that_uses_the_gpu_declares_it():
         if not m:
             continue
         code = (scripts / m.group(1)).read_text()
-        if re.search(r"\bdevice\(snakemake\)|clip_bundle\(snakemake\)", code):
+        if re.search(r"\b(device|train_run|clip_bundle)\(snakemake\b", code):
             checked += 1
             assert "gpu=GPU" in text, f"rule {rule} uses the device but declares no gpu resource"
     assert checked >= 10
