@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,10 @@ class RunOptions:
         if isinstance(self.device, torch.device):
             return self.device
         return resolve_device(self.device)
+
+    def resolved(self) -> RunOptions:
+        """These options with ``device`` resolved once, for a trainer that hands them on."""
+        return replace(self, device=self.torch_device())
 
 
 def partial_path(out_path: str | os.PathLike) -> Path:

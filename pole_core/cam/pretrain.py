@@ -62,6 +62,7 @@ def pretrain_cam_classifier(
     ``head_lr``). Returns per-epoch loss and label-accuracy stats.
     """
     p = params
+    run = run.resolved()  # "auto" resolved (and logged) once, not by every helper
     dev = run.torch_device()
     n = len(items)
     if n == 0:

@@ -129,6 +129,7 @@ def train_cam(
         clip_input_size: mask at this size; default ``bundle.input_size`` if it has one.
     """
     p = params
+    run = run.resolved()  # "auto" resolved (and logged) once, not by every helper
     device = run.torch_device()
     n_items = len(dataset_items)
     if n_items == 0:

@@ -466,6 +466,7 @@ def train_affinity(
     uninterrupted one. Returns ``{"losses": [mean loss per epoch], "steps": int}``.
     """
     p = params
+    run = run.resolved()  # "auto" resolved (and logged) once, not by every helper
     dev = run.torch_device()
     pi = path_index(p.radius)
     net.to(dev)

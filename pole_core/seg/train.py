@@ -57,6 +57,7 @@ def train_seg(
     finite stops the run with one line.
     """
     p = params
+    run = run.resolved()  # "auto" resolved (and logged) once, not by every helper
     dev = run.torch_device()
     n = len(items)
     if n == 0:
