@@ -39,6 +39,7 @@ def test_paper_defaults_are_filled_in():
         "radius": 5,
         "bg_thresh": 0.20,
         "normalize": "global",
+        "damp_boundary": True,
         "shards": 4,
         "final_crf": {
             "enabled": False,

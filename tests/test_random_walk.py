@@ -167,3 +167,19 @@ def test_shard_on_the_pixel_grid_with_a_final_crf(tmp_path, crf):
         lab, gt = read_mask(out / f"{image_id}.png"), ds.mask(image_id)
         assert lab.shape == gt.shape and set(np.unique(lab)) <= set(np.unique(gt))
         assert miou(gt, lab, 4) > 0.6
+
+
+def test_boundary_damping_erases_a_cam_the_boundary_covers():
+    # an object two cells wide that the boundary map covers whole: IRNet's damping
+    # (cam · (1 − boundary)) leaves nothing to walk; without it the object keeps its score
+    edge = torch.zeros(16, 16)
+    edge[6:10, 6:10] = 1.0
+    cam = torch.zeros(1, 16, 16)
+    cam[0, 7:9, 7:9] = 1.0
+    damped = random_walk(cam, edge, exp_times=4, dense_max_nodes=0)[0]
+    kept = random_walk(cam, edge, exp_times=4, dense_max_nodes=0, damp_boundary=False)[0]
+    assert float(damped.abs().max()) < 1e-6
+    assert float(kept[7:9, 7:9].min()) > 0.5
+    assert float(kept[:5].abs().max()) < 1e-6  # still walled in by its boundary
+    dense = random_walk(cam, edge, exp_times=4, dense_max_nodes=10_000, damp_boundary=False)
+    torch.testing.assert_close(dense[0], kept, atol=1e-5, rtol=1e-4)

@@ -4,8 +4,12 @@ The transition matrix comes from the boundary map: affinities within ``radius``
 on the stride-4 grid (1 − max boundary along the path, see
 :mod:`pole_core.refine.affinity`), raised to ``beta`` to sharpen them,
 made symmetric with self-loops of 1, and normalised per column. CAM scores,
-first damped on boundaries (``cam · (1 − boundary)``), are propagated for
-``2^exp_times`` steps.
+first damped on boundaries (``cam · (1 − boundary)``, IRNet; ``damp_boundary=False``
+walks the CAM as it is), are propagated for ``2^exp_times`` steps.
+
+Why the damping can be turned off: it assumes boundaries are thin lines around objects.
+Where an object is only a few pixels wide (small images), the boundary map covers most
+of the object, and the damping erases the object's CAM before the walk can spread it.
 
 Two equal ways to take those steps:
 
@@ -97,11 +101,13 @@ def random_walk(
     exp_times: int = 8,
     radius: int = 5,
     dense_max_nodes: int = 1024,
+    damp_boundary: bool = True,
 ) -> Tensor:
     """Propagate CAM scores [k,h,w] over the boundary map [h,w]; returns [k,h,w] on cam's device.
 
     Dense repeated squaring (IRNet) when h·w ≤ ``dense_max_nodes``, otherwise
-    2^exp_times local averaging steps; both compute x·T^(2^exp_times).
+    2^exp_times local averaging steps; both compute x·T^(2^exp_times), with
+    x = cam · (1 − boundary) (IRNet) or, ``damp_boundary=False``, x = cam.
     """
     cam = torch.as_tensor(cam_s4).float()
     edge = torch.as_tensor(boundary).float().to(cam.device)
@@ -113,7 +119,7 @@ def random_walk(
     if k == 0:
         return cam.clone()
     weights = transition_weights(edge, beta=beta, radius=radius)
-    x = cam * (1.0 - edge)
+    x = cam * (1.0 - edge) if damp_boundary else cam
     n = h * w
     if n <= dense_max_nodes:
         trans = _dense_transition(weights, h, w, radius)
@@ -179,6 +185,7 @@ def run_random_walk_shard(
     radius: int = 5,
     bg_thresh: float = 0.25,
     normalize: str = "global",
+    damp_boundary: bool = True,
     dense_max_nodes: int = 1024,
     stride: int | None = None,
     crf: CRFParams | None = None,
@@ -192,7 +199,7 @@ def run_random_walk_shard(
     1×3×H×W → boundary [h,w]. The walk runs on the grid of ``stride`` (default:
     the net's, else 4): at 4 the CAMs are the network's stride-4 ``cam_s4``
     (IRNet); at other strides the full-resolution CAM is area-averaged onto the grid.
-    ``normalize`` is :func:`rw_to_label`'s. ``crf`` (the terms of
+    ``normalize`` is :func:`rw_to_label`'s, ``damp_boundary`` :func:`random_walk`'s. ``crf`` (the terms of
     :func:`~pole_core.refine.crf.crf_refine_label`) adds a final dense CRF over each
     mask; ``None`` (IRNet) writes the walk's argmax.
     Returns ``{"done", "skipped"}``.
@@ -246,6 +253,7 @@ def run_random_walk_shard(
                 exp_times=exp_times,
                 radius=radius,
                 dense_max_nodes=dense_max_nodes,
+                damp_boundary=damp_boundary,
             )
             label = rw_to_label(
                 rw, keys, img.shape[:2], bg_thresh=bg_thresh, stride=stride, normalize=normalize

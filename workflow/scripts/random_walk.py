@@ -26,6 +26,7 @@ def main(log):
         radius=rw["radius"],
         bg_thresh=rw["bg_thresh"],
         normalize=rw["normalize"],
+        damp_boundary=rw["damp_boundary"],
         crf=crf_params(rw["final_crf"]) if rw["final_crf"]["enabled"] else None,
         device=dev,
     )
