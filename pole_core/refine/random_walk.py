@@ -199,9 +199,9 @@ def run_random_walk_shard(
     1×3×H×W → boundary [h,w]. The walk runs on the grid of ``stride`` (default:
     the net's, else 4): at 4 the CAMs are the network's stride-4 ``cam_s4``
     (IRNet); at other strides the full-resolution CAM is area-averaged onto the grid.
-    ``normalize`` is :func:`rw_to_label`'s, ``damp_boundary`` :func:`random_walk`'s. ``crf`` (the terms of
-    :func:`~pole_core.refine.crf.crf_refine_label`) adds a final dense CRF over each
-    mask; ``None`` (IRNet) writes the walk's argmax.
+    ``normalize`` is :func:`rw_to_label`'s, ``damp_boundary`` :func:`random_walk`'s.
+    ``crf`` (the terms of :func:`~pole_core.refine.crf.crf_refine_label`) adds a final
+    dense CRF over each mask; ``None`` (IRNet) writes the walk's argmax.
     Returns ``{"done", "skipped"}``.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
