@@ -256,3 +256,25 @@ def test_adapters_train_at_their_own_lr(tmp_path):
         fit(make_net(), ds, prompts(ds), bundle, tmp_path / "b.pt", epochs=1, head_lr=0.2)
     assert seen[0]["adapters"] == 1e-5
     assert seen[1]["adapters"] == 0.2
+
+
+def test_grad_clip_bounds_each_step(tmp_path):
+    """One step of plain SGD moves the weights by lr × the clipped gradient, whose norm is
+    at most grad_clip; without clipping the same step is far larger."""
+    ds, bundle = TinyItems(), FakeBundle()
+    lr, clip = 0.01, 1e-3
+
+    def grad_norm_of_step(**hp) -> float:
+        net = make_net()
+        before = {n: p.detach().clone() for n, p in net.named_parameters()}
+        fit(net, ds, prompts(ds), bundle, tmp_path / f"{len(hp)}.pt", epochs=1, batch_size=8,
+            lr=lr, head_lr=10 * lr, momentum=0.0, weight_decay=0.0, adapters=False, **hp)  # fmt: skip
+        sq = 0.0
+        for n, p in net.named_parameters():
+            step_lr = 10 * lr if n.startswith("classifier") else lr
+            sq += float(((p.detach() - before[n]) / step_lr).pow(2).sum())
+        return sq**0.5
+
+    clipped, free = grad_norm_of_step(grad_clip=clip), grad_norm_of_step()
+    assert 0.5 * clip < clipped <= clip * 1.02  # float32 weights: the difference is rounded
+    assert free > 10 * clip

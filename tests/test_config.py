@@ -71,6 +71,7 @@ def test_released_code_recipe_is_the_default():
     assert (cam["momentum"], cam["weight_decay"]) == (1e-4, 1e-4)
     assert (aff["momentum"], aff["weight_decay"]) == (1e-4, 1e-4)
     assert cam["freeze_bn"] is False  # CLIMS's resnet50_v2: BN in train mode
+    assert cam["grad_clip"] == 0  # neither CLIMS nor POLE clips the gradient
     # IRNet step 1 (run_sample.py) builds the start of the CAM stage
     assert (pre["epochs"], pre["batch_size"], pre["lr"], pre["head_lr"]) == (5, 16, 0.1, 1.0)
     assert pre["freeze_bn"] is True and pre["frozen_stages"] == 2

@@ -47,6 +47,10 @@ class CamTrainParams:
     slot, so their effective momentum is 1e-4, i.e. none.
     ``cls_weight``: optional multi-label soft-margin loss on the GAP logits (not in the
     paper; a knob for weak CLIPs). 0 disables it.
+    ``grad_clip``: clip the gradient norm of each step to this value (not in CLIMS or
+    POLE, which do not clip). 0 disables it. From a classifier whose logits for an easy
+    class run far above the others, one early step can switch that class's backbone
+    features off for every image (a ReLU that never fires again); clipping bounds it.
     ``mask_fill``, ``cbs_reduction``: see :func:`pole_core.cam.losses.clims_losses`.
     """
 
@@ -67,6 +71,7 @@ class CamTrainParams:
     cbs_reduction: str = "sum"
     clamp: tuple[float, float] = (1e-4, 0.9999)
     cls_weight: float = 0.0
+    grad_clip: float = 0.0
     bg_template: str = "a photo of {}."
     mask_fill: str = "mean"
     seed: int = 0
@@ -188,6 +193,7 @@ def train_cam(
         modules=modules,
         fingerprint=fingerprint,
         run=run,
+        grad_clip=p.grad_clip,
     )
 
     with torch.no_grad():
