@@ -49,8 +49,9 @@ class CamTrainParams:
     paper; a knob for weak CLIPs). 0 disables it.
     ``grad_clip``: clip the gradient norm of each step to this value (not in CLIMS or
     POLE, which do not clip). 0 disables it. From a classifier whose logits for an easy
-    class run far above the others, one early step can switch that class's backbone
-    features off for every image (a ReLU that never fires again); clipping bounds it.
+    class run far above the others, one early step can push that class's head weights
+    negative: its sigmoid CAM is then near 0 on every image, the CLIMS losses reach it only
+    through that sigmoid's vanishing slope, and the class never comes back.
     ``mask_fill``, ``cbs_reduction``: see :func:`pole_core.cam.losses.clims_losses`.
     """
 
