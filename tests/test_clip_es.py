@@ -263,7 +263,9 @@ def test_output_contract_and_label_order(size, use_caa):
     check_contract(cam, 2, size)
     assert (cam.max(axis=(1, 2)) > 0.9).all()
     swapped = ce.clip_es_cams(model, image, np.array([1, 3]), text, num_classes=5, use_caa=use_caa)
-    np.testing.assert_allclose(swapped[::-1], cam, atol=1e-5)
+    # the label order moves rows inside batched kernels, whose float sums may differ
+    # in the last bits on some CPUs; a label mix-up would differ by tenths
+    np.testing.assert_allclose(swapped[::-1], cam, atol=1e-4)
     # multi-scale with flips, and the stride-4 map of the CAM store from the same pass
     full, s4 = ce.clip_es_cams_s4(
         model, image, [3, 1], text, num_classes=5, scales=(1.0, 0.5, 1.5), flip=True
